@@ -1,0 +1,112 @@
+"""The bounded, non-blocking hand-off from the tap (proxy process) to the worker process.
+
+A Unix socket pair carries length-prefixed pickled records. The writing side never blocks and
+never awaits: it writes what the kernel takes at once, keeps the rest in a buffer drained by the
+event loop when the socket is writable, and refuses a record (the caller counts a drop) when
+that buffer would exceed its byte budget. Both ends are our own processes, so pickle is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import socket
+import struct
+from typing import Any
+
+_HEADER = struct.Struct("!I")
+
+
+def frame(record: Any) -> bytes:
+    payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class Writer:
+    """Sends records without ever blocking the loop; `send` says whether the record was taken."""
+
+    def __init__(self, sock: socket.socket, budget: int) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.budget = budget
+        self.buffer = bytearray()
+        self.broken = False
+        self.loop = asyncio.get_running_loop()
+
+    def send(self, record: Any) -> bool:
+        if self.broken:
+            return False
+        data = frame(record)
+        if self.buffer:
+            if len(self.buffer) + len(data) > self.budget:
+                return False
+            self.buffer += data
+            return True
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abandon()
+            return False
+        if sent < len(data):
+            # A frame the kernel took in part is always finished, to keep the framing whole.
+            self.buffer += memoryview(data)[sent:]
+            self.loop.add_writer(self.sock, self._drain)
+        return True
+
+    @property
+    def backlog(self) -> int:
+        return len(self.buffer)
+
+    def _drain(self) -> None:
+        try:
+            sent = self.sock.send(self.buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.abandon()
+            return
+        del self.buffer[:sent]
+        if not self.buffer:
+            self.loop.remove_writer(self.sock)
+
+    def abandon(self) -> None:
+        self.broken = True
+        self.buffer.clear()
+        self.loop.remove_writer(self.sock)
+
+    def close(self, timeout: float) -> None:
+        """Flush what is buffered (blocking, bounded by `timeout`), then close. Shutdown only."""
+        self.loop.remove_writer(self.sock)
+        if self.buffer and not self.broken:
+            self.sock.settimeout(timeout)
+            with contextlib.suppress(OSError):
+                self.sock.sendall(self.buffer)
+        self.buffer.clear()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        self.sock.close()
+
+
+class Reader:
+    """The worker's end: yields records until the tap closes its side."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer  # held: a collected StreamWriter closes the connection
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> Reader:
+        return cls(*await asyncio.open_unix_connection(sock=sock))
+
+    async def read(self) -> Any | None:
+        """The next record, or None at end of stream."""
+        try:
+            header = await self.reader.readexactly(_HEADER.size)
+            (length,) = _HEADER.unpack(header)
+            payload = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        return pickle.loads(payload)

@@ -1,0 +1,122 @@
+"""The command line: `shadowdiff proxy`, `shadowdiff summary`, `shadowdiff demo`.
+
+Every usage or config error is one line on stderr with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from shadowdiff import __version__
+from shadowdiff.config import ConfigError, load_config
+from shadowdiff.counts import by_reason, imbalance, summary_line
+from shadowdiff.store import Store, StoreError
+
+
+class UsageProblem(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shadowdiff")
+def cli() -> None:
+    """Mirror a sampled share of live traffic to a shadow and record what it answers."""
+
+
+@cli.command()
+@click.option("--primary", help="URL of the service the proxy forwards to (its answer is live).")
+@click.option("--shadow", help="URL of the candidate version that gets the copies.")
+@click.option("--secondary", help="URL of a second instance of the primary's version (noise).")
+@click.option("--listen", help="HOST:PORT to listen on [127.0.0.1:8080].")
+@click.option("--sample", help="Share of eligible requests to mirror, 0..1 [0.1].")
+@click.option("--store", help="SQLite store path [shadowdiff.db].")
+@click.option("--run", "run_name", help="Run name [default].")
+@click.option("--config", "config_path", help="YAML config file; flags override it.")
+def proxy(config_path: str | None, **flags: Any) -> None:
+    """Run the reverse proxy in front of the primary, mirroring to the shadow."""
+    sample = flags.pop("sample")
+    if sample is not None:
+        try:
+            flags["sampling.rate"] = float(sample)
+        except ValueError:
+            raise UsageProblem(f"--sample: {sample!r} is not a number between 0 and 1") from None
+    flags["run"] = flags.pop("run_name")
+    try:
+        cfg = load_config(config_path, flags)
+    except ConfigError as e:
+        raise UsageProblem(str(e)) from None
+    if cfg.primary is None:
+        raise UsageProblem("--primary: required (or set `primary` in the config file)")
+    _logging(cfg.log_level)
+    Store(cfg.store).close()  # refuse a bad store before taking traffic
+    from shadowdiff.proxy import serve
+
+    asyncio.run(serve(cfg))
+    with Store(cfg.store, create=False) as store:
+        counts = store.counts(cfg.run)
+    click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {cfg.store}")
+
+
+@cli.command()
+@click.option("--store", "store_path", default="shadowdiff.db", show_default=True)
+@click.option("--run", "run_name", help="Run name [every run in the store].")
+def summary(store_path: str, run_name: str | None) -> None:
+    """Print what each run saw, mirrored, recorded and dropped."""
+    with Store(store_path, create=False) as store:
+        runs = [run_name] if run_name else store.runs()
+        if run_name and run_name not in store.runs():
+            raise UsageProblem(f"{store_path}: no run named {run_name!r}")
+        for run in runs:
+            counts = store.counts(run)
+            click.echo(summary_line(run, counts))
+            for reason, n in sorted(by_reason(counts, "not_eligible").items()):
+                click.echo(f"  not eligible ({reason}): {n}")
+            for problem in imbalance(counts):
+                click.echo(f"  accounting: {problem}")
+            for route, n, differ in store.routes(run):
+                click.echo(f"  {route}: {n} recorded, {differ} with differing status or body")
+
+
+@cli.command()
+@click.option("--requests", "count", default=300, show_default=True, help="Requests to drive.")
+@click.option("--sample", default=0.5, show_default=True, type=float, help="Sample rate.")
+@click.option("--store", "store_path", default="demo.db", show_default=True)
+def demo(count: int, sample: float, store_path: str) -> None:
+    """Start a demo primary and shadow, proxy traffic through shadowdiff, show what was recorded."""
+    from shadowdiff.demo import run_demo
+
+    run_demo(count, sample, store_path)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        format="%(asctime)s %(name)s %(levelname)s %(message)s", level=level.upper(), force=True
+    )
+    # mitmproxy logs every client connection at INFO: costly and noisy in front of live traffic.
+    logging.getLogger("mitmproxy").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+_NO_ARGS: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False, prog_name="shadowdiff")
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        ctx: click.Context | None = getattr(e, "ctx", None)
+        if isinstance(e, _NO_ARGS) and ctx is not None:
+            click.echo(ctx.get_help())
+            sys.exit(0)
+        where = f"{ctx.command_path}: " if ctx else ""
+        click.echo(f"shadowdiff: error: {where}{e.format_message()}", err=True)
+        sys.exit(2)
+    except (UsageProblem, StoreError) as e:
+        click.echo(f"shadowdiff: error: {e}", err=True)
+        sys.exit(2)

@@ -1,0 +1,287 @@
+"""The configuration schema: every option, its default and its validation, in one place.
+
+A config comes from a YAML file, overridden by command-line flags. Any error becomes a
+`ConfigError` whose message is one line naming the source, the key path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+SHADOW_MARKER = ("X-Shadowdiff", "shadow")
+"""Header set on every copy; a request that carries it is never mirrored again."""
+
+
+class ConfigError(Exception):
+    """A bad config file or flag; the message is one line, ready for the user."""
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `5s`, `250ms`, `1m`, `2h` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration (use e.g. 5s, 250ms, 1m)")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{str(value)!r} is not a duration (use e.g. 5s, 250ms, 1m)")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive (got {value!r})")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from `1MiB`, `512KB`, `100b` or a bare number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size (use e.g. 1MiB, 512KB)")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match or match.group(2).lower() not in _SIZE_UNITS:
+            raise ValueError(f"{str(value)!r} is not a size (use e.g. 1MiB, 512KB, 4096)")
+        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"size must be positive (got {value!r})")
+    return size
+
+
+def check_url(value: Any) -> str:
+    """An absolute http(s) URL without a trailing slash, so paths can be appended."""
+    text = str(value).strip()
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ValueError(f"{text!r} is not a URL with an http:// or https:// scheme and a host")
+    return text.rstrip("/")
+
+
+def parse_listen(value: Any) -> str:
+    """`HOST:PORT` or a bare port (then on 127.0.0.1)."""
+    text = str(value).strip()
+    if re.fullmatch(r"[0-9]+", text):
+        text = f"127.0.0.1:{text}"
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return text
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Url = Annotated[str, BeforeValidator(check_url)]
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+Method = Annotated[str, BeforeValidator(lambda v: str(v).upper())]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must never silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouteRule(Strict):
+    """A per-route override: a path glob, and the methods and rate that apply to it."""
+
+    path: str
+    methods: list[Method] | None = None
+    rate: Rate | None = None
+
+
+class Sampling(Strict):
+    rate: Rate = 0.1
+    sticky_key: str | None = None
+    max_per_second: Annotated[float, Field(gt=0)] | None = None
+    methods: list[Method] = ["GET", "HEAD", "OPTIONS"]
+    include: list[str] = []
+    exclude: list[str] = []
+    routes: list[RouteRule] = []
+
+    @field_validator("sticky_key")
+    @classmethod
+    def _sticky_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        kind, sep, name = value.partition(":")
+        if not sep or kind not in ("header", "cookie", "query") or not name:
+            raise ValueError(f"{value!r} is not header:NAME, cookie:NAME or query:NAME")
+        return value
+
+
+class HeaderRewrites(Strict):
+    set: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class Breaker(Strict):
+    """Trips when the error rate over `window` exceeds `error_rate`; probes after `cool_down`."""
+
+    error_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    window: Duration = 10.0
+    min_requests: Annotated[int, Field(ge=1)] = 20
+    cool_down: Duration = 5.0
+    probes: Annotated[int, Field(ge=1)] = 3
+
+
+class Mirror(Strict):
+    timeout: Duration = 5.0
+    max_in_flight: Annotated[int, Field(ge=1)] = 100
+    max_body: Size = 1024 * 1024
+    max_backlog: Size = 16 * 1024 * 1024
+    grace: Duration = 2.0
+    headers: HeaderRewrites = HeaderRewrites()
+    breaker: Breaker = Breaker()
+
+
+class Config(Strict):
+    run: str = "default"
+    primary: Url | None = None
+    shadow: Url
+    secondary: Url | None = None
+    listen: Annotated[str, BeforeValidator(parse_listen)] = "127.0.0.1:8080"
+    store: str = "shadowdiff.db"
+    log_interval: Duration = 10.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    sampling: Sampling = Sampling()
+    mirror: Mirror = Mirror()
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("run name must not be empty")
+        return value
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """`sampling.routes[0].rate` from pydantic's location tuple."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The schema model that holds the key at `loc`, to suggest the closest valid name."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return None
+    return model
+
+
+def _one_line(error: ValidationError, source: str, flags: dict[str, str]) -> str:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    key = _location(loc)
+    where = flags.get(key, f"{source}: {key}" if key else source)
+    if first["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        names = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(names)})"
+        return f"{where}: unknown option{hint}"
+    if first["type"] == "missing":
+        return f"{where}: required option is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    if "input" in first and first["type"] in ("less_than_equal", "greater_than_equal"):
+        message += f" (got {first['input']!r})"
+    return f"{where}: {message}"
+
+
+FLAG_KEYS = {
+    "primary": "--primary",
+    "shadow": "--shadow",
+    "secondary": "--secondary",
+    "listen": "--listen",
+    "sampling.rate": "--sample",
+    "store": "--store",
+    "run": "--run",
+}
+"""Which command-line flag sets which key, so a bad flag is named as the flag."""
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """The validated config from `path` (or `base`) with dotted-key `overrides` on top."""
+    raw: dict[str, Any] = copy.deepcopy(base) if base else {}
+    source = str(path) if path else "config"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of options")
+        raw = loaded
+    flags: dict[str, str] = {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[leaf] = value
+        if key in FLAG_KEYS:
+            flags[key] = FLAG_KEYS[key]
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source, flags)) from None

@@ -1,0 +1,219 @@
+"""Persistence of exchanges and counters behind one small interface (SQLite, the embedded default).
+
+Writes come in batches from one thread of the worker; reads come from the faces (CLI, reports).
+The schema carries a version: a store written by another version is refused with a clear
+error, never read or migrated silently.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import orjson
+
+from shadowdiff.exchange import Exchange, Headers, Outcome, RequestSnapshot
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS exchanges (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    route TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    request_headers BLOB NOT NULL,
+    request_body BLOB NOT NULL,
+    primary_status INTEGER, primary_error TEXT, primary_latency REAL,
+    primary_headers BLOB, primary_body BLOB,
+    shadow_status INTEGER, shadow_error TEXT, shadow_latency REAL,
+    shadow_headers BLOB, shadow_body BLOB,
+    secondary_status INTEGER, secondary_error TEXT, secondary_latency REAL,
+    secondary_headers BLOB, secondary_body BLOB
+);
+CREATE INDEX IF NOT EXISTS exchanges_run_route ON exchanges (run, route);
+CREATE TABLE IF NOT EXISTS counts (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (run, instance, source, name)
+);
+"""
+
+_SIDES = ("primary", "shadow", "secondary")
+_COLUMNS = (
+    "run, instance, flow_id, ts, route, method, path, request_headers, request_body, "
+    + ", ".join(f"{s}_status, {s}_error, {s}_latency, {s}_headers, {s}_body" for s in _SIDES)
+)
+
+
+class StoreError(Exception):
+    """The store cannot be used (unreadable, not a shadowdiff store, other schema version)."""
+
+
+def _headers_out(headers: Headers) -> bytes:
+    return orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
+
+
+def _headers_in(blob: bytes | None) -> Headers:
+    if not blob:
+        return []
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in orjson.loads(blob)]
+
+
+def _side(outcome: Outcome | None) -> tuple[object, ...]:
+    if outcome is None:
+        return (None, None, None, None, None)
+    return (
+        outcome.status,
+        outcome.error,
+        outcome.latency,
+        _headers_out(outcome.headers),
+        outcome.body,
+    )
+
+
+class Store:
+    """A SQLite store; open it with `Store(path)`, close it with `close()`."""
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = str(path)
+        if not create and not Path(self.path).exists():
+            raise StoreError(f"{self.path}: no such store")
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._check_schema(create)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a readable shadowdiff store ({e})") from None
+
+    def _check_schema(self, create: bool) -> None:
+        tables = {
+            r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "meta" not in tables:
+            if tables or not create:
+                raise StoreError(f"{self.path}: not a shadowdiff store")
+            with self.db:
+                self.db.executescript(_SCHEMA)
+                self.db.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            return
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = row[0] if row else "unknown"
+        if version != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"{self.path}: store schema version {version}, this shadowdiff reads version "
+                f"{SCHEMA_VERSION}; use a matching shadowdiff or a new store path"
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(
+        self,
+        run: str,
+        instance: str,
+        exchanges: Iterable[Exchange],
+        counts: dict[str, dict[str, int]],
+    ) -> None:
+        """Records a batch of exchanges and the latest cumulative counters, in one transaction."""
+        rows = [
+            (
+                run,
+                instance,
+                x.request.flow_id,
+                x.request.timestamp,
+                x.route,
+                x.request.method,
+                x.request.path,
+                _headers_out(x.request.headers),
+                x.request.body,
+                *_side(x.primary),
+                *_side(x.shadow),
+                *_side(x.secondary),
+            )
+            for x in exchanges
+        ]
+        marks = ", ".join("?" * (9 + 5 * len(_SIDES)))
+        with self.db:
+            self.db.executemany(f"INSERT INTO exchanges ({_COLUMNS}) VALUES ({marks})", rows)
+            self.db.executemany(
+                "INSERT INTO counts VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (run, instance, source, name) DO UPDATE SET value = excluded.value",
+                [
+                    (run, instance, source, name, value)
+                    for source, named in counts.items()
+                    for name, value in named.items()
+                ],
+            )
+
+    def runs(self) -> list[str]:
+        rows = self.db.execute(
+            "SELECT run FROM counts UNION SELECT DISTINCT run FROM exchanges ORDER BY run"
+        )
+        return [r[0] for r in rows]
+
+    def counts(self, run: str) -> dict[str, int]:
+        """Counters summed over instances and sources (tap and worker own disjoint names)."""
+        rows = self.db.execute(
+            "SELECT name, SUM(value) FROM counts WHERE run = ? GROUP BY name ORDER BY name", (run,)
+        )
+        return {name: int(value) for name, value in rows}
+
+    def routes(self, run: str) -> list[tuple[str, int, int]]:
+        """Per route: exchanges recorded, and how many had another status or other body bytes."""
+        rows = self.db.execute(
+            "SELECT route, COUNT(*), SUM(primary_status IS NOT shadow_status"
+            " OR primary_body IS NOT shadow_body) FROM exchanges WHERE run = ?"
+            " GROUP BY route ORDER BY COUNT(*) DESC, route",
+            (run,),
+        )
+        return [(route, int(n), int(differ)) for route, n, differ in rows]
+
+    def exchanges(self, run: str) -> Iterator[Exchange]:
+        cursor = self.db.execute(
+            f"SELECT {_COLUMNS} FROM exchanges WHERE run = ? ORDER BY id", (run,)
+        )
+        for row in cursor:
+            request = RequestSnapshot(
+                flow_id=row[2],
+                method=row[5],
+                path=row[6],
+                headers=_headers_in(row[7]),
+                body=row[8],
+                timestamp=row[3],
+            )
+            sides = [_outcome(row[9 + 5 * i : 14 + 5 * i]) for i in range(len(_SIDES))]
+            primary, shadow, secondary = sides
+            assert primary is not None and shadow is not None
+            yield Exchange(request, primary, shadow, secondary, route=row[4])
+
+
+def _outcome(cols: tuple[object, ...]) -> Outcome | None:
+    status, error, latency, headers, body = cols
+    if status is None and error is None:
+        return None
+    return Outcome(
+        status=status,  # type: ignore[arg-type]
+        headers=_headers_in(headers),  # type: ignore[arg-type]
+        body=body or b"",  # type: ignore[arg-type]
+        latency=latency,  # type: ignore[arg-type]
+        error=error,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,245 @@
+"""The worker process: everything that waits on the network or costs CPU, off the live path.
+
+It reads snapshots from the tap, sends each copy to the shadow (and secondary) at once,
+concurrently with the primary, joins the primary's result when it arrives, and records the
+exchange in batches. Started by the tap as `python -m shadowdiff.worker --fd N`; it stops when
+the tap closes the channel (or on SIGTERM), giving in-flight copies a short grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from shadowdiff.breaker import CircuitBreaker
+from shadowdiff.channel import Reader
+from shadowdiff.counts import summary_line
+from shadowdiff.exchange import (
+    Exchange,
+    Outcome,
+    PrimaryResult,
+    RequestSnapshot,
+    Setup,
+    TapCounts,
+)
+from shadowdiff.mirror import Mirror
+from shadowdiff.routes import route_of
+from shadowdiff.store import Store
+
+logger = logging.getLogger("shadowdiff.worker")
+
+PRIMARY_WAIT = 60.0
+"""How long a copy waits for the primary's result before it is let go (the tap counted it)."""
+MAX_UNWRITTEN = 50_000
+"""Exchanges kept in memory while the store refuses writes; beyond, drops are counted."""
+
+
+class Worker:
+    def __init__(self, setup: Setup, store: Store) -> None:
+        self.cfg = setup.config
+        self.instance = setup.instance
+        self.store = store
+        self.mirror = Mirror(self.cfg.mirror)
+        self.targets = {
+            name: url
+            for name, url in (("shadow", self.cfg.shadow), ("secondary", self.cfg.secondary))
+            if url
+        }
+        self.breakers = {name: CircuitBreaker(self.cfg.mirror.breaker) for name in self.targets}
+        self.primaries: dict[str, asyncio.Future[PrimaryResult]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0
+        self.counts: Counter[str] = Counter()
+        self.tap_counts: dict[str, int] = {}
+        self.batch: list[Exchange] = []
+        self.dirty = False
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    # -- records from the tap -------------------------------------------------------------
+
+    def on_record(self, record: object) -> None:
+        if isinstance(record, RequestSnapshot):
+            self.on_request(record)
+        elif isinstance(record, PrimaryResult):
+            future = self.primaries.pop(record.flow_id, None)
+            if future is not None and not future.done():
+                future.set_result(record)
+        elif isinstance(record, TapCounts):
+            self.tap_counts = record.counts
+            self.dirty = True
+
+    def on_request(self, request: RequestSnapshot) -> None:
+        if self.in_flight >= self.cfg.mirror.max_in_flight:
+            self.drop("in_flight")
+            return
+        if not all(breaker.allow() for breaker in self.breakers.values()):
+            self.drop("circuit_open")
+            return
+        future: asyncio.Future[PrimaryResult] = asyncio.get_running_loop().create_future()
+        self.primaries[request.flow_id] = future
+        task = asyncio.create_task(self.exchange(request, future))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def drop(self, reason: str) -> None:
+        self.counts[f"dropped.{reason}"] += 1
+        self.dirty = True
+
+    # -- one exchange ----------------------------------------------------------------------
+
+    async def exchange(
+        self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
+    ) -> None:
+        self.in_flight += 1
+        copies = {
+            name: asyncio.ensure_future(self.copy(name, url, request))
+            for name, url in self.targets.items()
+        }
+        try:
+            await asyncio.wait(copies.values())
+        except asyncio.CancelledError:
+            for task in copies.values():
+                task.cancel()
+            if primary.done():
+                self.drop("shutdown")
+            raise
+        finally:
+            self.in_flight -= 1
+        try:
+            result = await asyncio.wait_for(primary, PRIMARY_WAIT)
+        except (TimeoutError, asyncio.CancelledError):
+            # The tap never delivered the primary's result: it counted this one already.
+            self.primaries.pop(request.flow_id, None)
+            return
+        if result.skip:
+            self.drop(result.skip)
+            return
+        outcomes = {name: task.result() for name, task in copies.items()}
+        self.batch.append(
+            Exchange(
+                request=request,
+                primary=result.outcome,
+                shadow=outcomes["shadow"],
+                secondary=outcomes.get("secondary"),
+                route=route_of(request.method, request.path),
+            )
+        )
+        self.counts["recorded"] += 1
+        self.dirty = True
+
+    async def copy(self, name: str, url: str, request: RequestSnapshot) -> Outcome:
+        outcome = await self.mirror.send(url, request)
+        if outcome.error:
+            self.counts[f"{name}_error.{outcome.error}"] += 1
+        changed = self.breakers[name].record(outcome.error is None)
+        if changed:
+            self.counts[f"breaker.{name}.{changed}"] += 1
+            logger.warning("circuit breaker for %s is now %s", name, changed)
+        return outcome
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def all_counts(self) -> dict[str, dict[str, int]]:
+        return {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
+
+    async def flush(self) -> None:
+        if not self.batch and not self.dirty:
+            return
+        batch, self.batch, self.dirty = self.batch, [], False
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor,
+                self.store.write,
+                self.cfg.run,
+                self.instance,
+                batch,
+                self.all_counts(),
+            )
+        except Exception as e:  # noqa: BLE001 - the store may fail in many ways; keep going
+            logger.error("cannot write to store %s: %s; will retry", self.store.path, e)
+            keep = batch[-MAX_UNWRITTEN:]
+            lost = len(batch) - len(keep)
+            if lost:
+                self.counts["recorded"] -= lost
+                self.counts["dropped.store"] += lost
+            self.batch = keep + self.batch
+            self.dirty = True
+
+    async def flusher(self, stop: asyncio.Event) -> None:
+        last_log = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+            await self.flush()
+            if time.monotonic() - last_log >= self.cfg.log_interval:
+                last_log = time.monotonic()
+                logger.info("%s", summary_line(self.cfg.run, self.merged()))
+
+    def merged(self) -> dict[str, int]:
+        merged = Counter(self.tap_counts)
+        merged.update(self.counts)
+        return dict(merged)
+
+    async def shutdown(self) -> None:
+        """Grace for copies in flight, then cancel the rest, flush, close."""
+        waiting = [t for t in self.tasks if not t.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.cfg.mirror.grace)
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.mirror.close()
+        self.dirty = True
+        await self.flush()
+        self.executor.shutdown()
+
+
+async def serve(sock: socket.socket) -> int:
+    reader = await Reader.open(sock)
+    setup = await reader.read()
+    if not isinstance(setup, Setup):
+        logger.error("the tap sent no setup record; stopping")
+        return 2
+    # SIGTERM usually reaches the whole process group: the tap then closes the channel after
+    # its last records. Only if it does not, stop reading on our own after the grace period.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM,
+        lambda: asyncio.get_running_loop().call_later(
+            setup.config.mirror.grace + 5.0, reader.writer.close
+        ),
+    )
+    logging.getLogger().setLevel(setup.config.log_level.upper())
+    store = Store(setup.config.store)
+    worker = Worker(setup, store)
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(worker.flusher(stop))
+    while (record := await reader.read()) is not None:
+        worker.on_record(record)
+    stop.set()
+    await flusher
+    await worker.shutdown()
+    store.close()
+    logger.info("%s (store %s)", summary_line(setup.config.run, worker.merged()), store.path)
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="shadowdiff worker (started by the tap)")
+    parser.add_argument("--fd", type=int, required=True, help="the channel's socket descriptor")
+    args = parser.parse_args()
+    # Ctrl-C reaches the whole process group: the tap decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
+    sock = socket.socket(fileno=args.fd)
+    raise SystemExit(asyncio.run(serve(sock)))
+
+
+if __name__ == "__main__":
+    main()

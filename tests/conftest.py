@@ -1,0 +1,169 @@
+"""Real parts for the tests: aiohttp services on loopback and the real proxy as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from shadowdiff.demo import free_port, wait_listening
+
+
+@dataclass
+class Backend:
+    """An aiohttp service whose behaviour a test can switch: ok, hang, reset, big, slow, error."""
+
+    name: str
+    mode: str = "ok"
+    delay: float = 0.0
+    seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    port: int = 0
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append((request.method, request.path_qs, dict(request.headers), body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "reset":
+            response = web.StreamResponse(headers={"Content-Length": "100000"})
+            await response.prepare(request)
+            await response.write(b"x" * 1000)
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        if self.mode == "big":
+            return web.Response(
+                body=b"b" * (10 * 1024 * 1024), content_type="application/octet-stream"
+            )
+        if self.mode == "error":
+            return web.json_response({"error": "boom"}, status=500)
+        return web.json_response(
+            {
+                "path": request.path_qs,
+                "method": request.method,
+                "body": body.decode("latin-1"),
+                "by": self.name,
+            },
+            headers={"X-Backend": "demo", "Set-Cookie": "a=1"},
+        )
+
+    async def start(self) -> Backend:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self.runner.setup()
+        self.port = self.port or free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def primary() -> AsyncIterator[Backend]:
+    backend = await Backend("primary").start()
+    yield backend
+    await backend.stop()
+
+
+@pytest.fixture
+async def shadow() -> AsyncIterator[Backend]:
+    backend = await Backend("primary").start()  # same answers as the primary unless switched
+    yield backend
+    await backend.stop()
+
+
+@dataclass
+class Proxy:
+    """A running `shadowdiff proxy` process."""
+
+    process: subprocess.Popen[str]
+    port: int
+    store: Path
+    run: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self, clean: bool = True) -> str:
+        """SIGTERM, wait (serving the test's own services meanwhile), return what it printed.
+
+        `clean`: nothing printed a traceback (bare mitmdump itself prints asyncio noise on
+        shutdown with clients still connected, so its tests pass False).
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        out, _ = self.process.communicate(timeout=5)
+        assert not clean or "Traceback" not in out, out
+        return out
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator:
+    """Starts `shadowdiff proxy` with the given flags; stops every one at the end of the test."""
+    started: list[Proxy] = []
+
+    async def start(*flags: str, run: str = "test", config: str | None = None) -> Proxy:
+        port = free_port()
+        store = tmp_path / f"{run}.db"
+        args = [
+            sys.executable,
+            "-m",
+            "shadowdiff",
+            "proxy",
+            f"--listen=127.0.0.1:{port}",
+            f"--store={store}",
+            f"--run={run}",
+            *flags,
+        ]
+        if config:
+            args.append(f"--config={config}")
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        proxy = Proxy(process, port, store, run)
+        started.append(proxy)
+        try:
+            await wait_listening(port, timeout=30)
+        except RuntimeError:
+            raise RuntimeError(f"proxy did not start: {await proxy.stop()}") from None
+        return proxy
+
+    yield start
+    for proxy in started:
+        if proxy.process.poll() is None:
+            proxy.process.kill()
+            proxy.process.wait()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session

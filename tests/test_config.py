@@ -1,0 +1,120 @@
+"""The config schema: defaults, durations and sizes, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from shadowdiff.config import ConfigError, load_config, parse_duration, parse_size
+
+EXAMPLE = Path(__file__).parent.parent / "configs" / "example.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_safe():
+    cfg = load_config(None, {"shadow": "http://127.0.0.1:9000/"})
+    assert cfg.shadow == "http://127.0.0.1:9000"  # trailing slash dropped for path joining
+    assert cfg.sampling.methods == ["GET", "HEAD", "OPTIONS"]
+    assert cfg.mirror.timeout == 5.0 and cfg.mirror.max_in_flight == 100
+    assert cfg.mirror.max_body == 1024 * 1024
+    assert cfg.listen == "127.0.0.1:8080"
+
+
+def test_example_config_covers_every_option():
+    cfg = load_config(EXAMPLE)
+    text = EXAMPLE.read_text()
+
+    def keys(model, prefix=""):
+        for name, value in model:
+            if isinstance(value, BaseModel):
+                yield from keys(value, f"{prefix}{name}.")
+            yield prefix + name
+
+    for key in keys(cfg):
+        assert f"{key.rsplit('.', 1)[-1]}:" in text, key
+
+
+def test_flags_override_file(tmp_path):
+    path = write(tmp_path, "shadow: http://a:1\nsampling:\n  rate: 0.5\n")
+    cfg = load_config(path, {"sampling.rate": 0.2, "run": "rc1", "secondary": None})
+    assert cfg.sampling.rate == 0.2 and cfg.run == "rc1" and cfg.shadow == "http://a:1"
+
+
+@pytest.mark.parametrize(
+    "value, seconds", [("5s", 5.0), ("250ms", 0.25), ("1m", 60.0), (3, 3.0), ("1.5h", 5400.0)]
+)
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value, size", [("1MiB", 1048576), ("512KB", 512000), (4096, 4096)])
+def test_sizes(value, size):
+    assert parse_size(value) == size
+
+
+BAD = [
+    (
+        "shadow: http://a:1\nsampling:\n  rte: 0.1\n",
+        "sampling.rte: unknown option (did you mean 'rate'?)",
+    ),
+    (
+        "shadow: http://a:1\nsampling:\n  rate: 1.5\n",
+        "sampling.rate: Input should be less than or equal to 1 (got 1.5)",
+    ),
+    (
+        "shadow: localhost:8080\n",
+        "shadow: 'localhost:8080' is not a URL with an http:// or https:// scheme and a host",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  timeout: 5 parsecs\n",
+        "mirror.timeout: '5 parsecs' is not a duration (use e.g. 5s, 250ms, 1m)",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  max_body: lots\n",
+        "mirror.max_body: 'lots' is not a size (use e.g. 1MiB, 512KB, 4096)",
+    ),
+    (
+        "shadow: http://a:1\nsampling:\n  sticky_key: user\n",
+        "sampling.sticky_key: 'user' is not header:NAME, cookie:NAME or query:NAME",
+    ),
+    (
+        "shadow: http://a:1\nsampling:\n  routes:\n    - path: /s\n      rate: -1\n",
+        "sampling.routes[0].rate: Input should be greater than or equal to 0 (got -1)",
+    ),
+    ("primary: http://a:1\n", "shadow: required option is missing"),
+    (
+        "shadow: http://a:1\nlisten: nowhere\n",
+        "listen: 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:8080)",
+    ),
+    ("shadow: http://a:1\nshadw: x\n", "shadw: unknown option (did you mean 'shadow'?)"),
+    ("- a\n- b\n", "the top level must be a mapping of options"),
+    ("shadow: [unclosed\n", "invalid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_config_one_line_error(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {message}"
+    assert "\n" not in str(info.value)
+
+
+def test_bad_flag_is_named_as_flag():
+    with pytest.raises(ConfigError, match=r"^--sample: Input should be less than or equal to 1"):
+        load_config(None, {"shadow": "http://a:1", "sampling.rate": 1.5})
+    with pytest.raises(ConfigError, match=r"^--shadow: 'x' is not a URL"):
+        load_config(None, {"shadow": "x"})
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml: cannot read config: No such file"):
+        load_config(tmp_path / "nope.yaml")
