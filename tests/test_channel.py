@@ -51,3 +51,19 @@ async def test_dead_reader_breaks_the_writer():
     assert not writer.send(snapshot(1))
     assert writer.broken and not writer.send(snapshot(2))
     writer.close(timeout=1)
+
+
+async def test_greeting_says_the_worker_reads():
+    ours, theirs = socket.socketpair()
+    writer = Writer(ours, budget=1024)
+    reader = await Reader.open(theirs)
+    assert not writer.ready.done()
+    reader.greet()
+    assert await asyncio.wait_for(writer.ready, 5) is True
+    writer.close(timeout=1)
+
+    ours, theirs = socket.socketpair()
+    writer = Writer(ours, budget=1024)
+    theirs.close()  # died before greeting
+    assert await asyncio.wait_for(writer.ready, 5) is False
+    writer.close(timeout=1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from aiohttp import web
 
 from conftest import Backend, Proxy
 from shadowdiff.counts import imbalance
-from shadowdiff.demo import free_port
+from shadowdiff.demo import free_port, wait_listening
 from shadowdiff.store import Store
 
 REQUESTS = [
@@ -243,46 +245,46 @@ async def test_websocket_passes_through_not_eligible(start_proxy, client, shadow
     assert counts["not_eligible.upgrade"] == 1 and not shadow.seen
 
 
-async def test_mitmdump_script_route(primary, shadow, client, tmp_path):
-    import os
-    import subprocess
-    import sys
-
+async def test_mitmdump_script_route_and_reload(primary, shadow, client, tmp_path):
+    """`mitmdump -s addons/shadowdiff.py`: mirrors, and a script reload restarts the worker
+    without losing a count (each tap instance keeps its own books in the store)."""
     config = tmp_path / "c.yaml"
     store = tmp_path / "m.db"
     config.write_text(f"shadow: {shadow.url}\nstore: {store}\nrun: dump\nsampling:\n  rate: 1\n")
     port = free_port()
-    shim = Path(__file__).parent.parent / "addons" / "shadowdiff.py"
+    shim = tmp_path / "shadowdiff.py"
+    shim.write_text((Path(__file__).parent.parent / "addons" / "shadowdiff.py").read_text())
     mitmdump = Path(sys.executable).parent / "mitmdump"
-    process = subprocess.Popen(
-        [
-            str(mitmdump),
-            "-q",
-            "--mode",
-            f"reverse:{primary.url}@{port}",
-            "-s",
-            str(shim),
-            "--set",
-            f"shadowdiff_config={config}",
-            "--set",
-            "shadowdiff_sample=0.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=os.environ.copy(),
-    )
-    from shadowdiff.demo import wait_listening
-
+    args = [
+        str(mitmdump),
+        "-q",
+        "--mode",
+        f"reverse:{primary.url}@{port}",
+        "-s",
+        str(shim),
+        "--set",
+        f"shadowdiff_config={config}",
+        "--set",
+        "shadowdiff_sample=0.5",
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
     try:
         await wait_listening(port)
         for i in range(40):
-            status, _, _ = await fetch(client, f"http://127.0.0.1:{port}", "GET", f"/m/{i}", b"")
-            assert status == 200
+            assert (await fetch(client, base, "GET", f"/m/{i}", b""))[0] == 200
+        await asyncio.sleep(1.0)
+        shim.write_text(shim.read_text() + "\n# touched\n")  # mitmproxy reloads changed scripts
+        await asyncio.sleep(3.0)
+        for i in range(40):
+            assert (await fetch(client, base, "GET", f"/n/{i}", b""))[0] == 200
     finally:
         out = await Proxy(process, port, store, "dump").stop(clean=False)
+    assert "Loading script" in out or out.count("run 'dump'") >= 2, out
     with Store(store, create=False) as s:
         counts = s.counts("dump")
+        instances = s.db.execute("SELECT COUNT(DISTINCT instance) FROM counts").fetchone()[0]
+    assert instances == 2, out
     assert imbalance(counts) == [], (counts, out)
-    assert counts["seen"] == 40 and 5 <= counts.get("recorded", 0) <= 35, (counts, out)
+    assert counts["seen"] == 80 and 20 <= counts["recorded"] <= 60, counts
     assert counts["recorded"] == len(shadow.seen)

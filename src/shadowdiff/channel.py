@@ -4,6 +4,7 @@ A Unix socket pair carries length-prefixed pickled records. The writing side nev
 never awaits: it writes what the kernel takes at once, keeps the rest in a buffer drained by the
 event loop when the socket is writable, and refuses a record (the caller counts a drop) when
 that buffer would exceed its byte budget. Both ends are our own processes, so pickle is safe.
+The only byte that travels back is the worker's greeting: it is up and reading.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Writer:
         self.buffer = bytearray()
         self.broken = False
         self.loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[bool] = self.loop.create_future()
+        self.loop.add_reader(sock, self._greeted)
 
     def send(self, record: Any) -> bool:
         if self.broken:
@@ -55,6 +58,18 @@ class Writer:
             self.buffer += memoryview(data)[sent:]
             self.loop.add_writer(self.sock, self._drain)
         return True
+
+    def _greeted(self) -> None:
+        """The worker's one-byte greeting; end of stream instead means it died first."""
+        try:
+            data = self.sock.recv(1)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.loop.remove_reader(self.sock)
+        if not self.ready.done():
+            self.ready.set_result(bool(data))
 
     @property
     def backlog(self) -> int:
@@ -80,6 +95,9 @@ class Writer:
     def close(self, timeout: float) -> None:
         """Flush what is buffered (blocking, bounded by `timeout`), then close. Shutdown only."""
         self.loop.remove_writer(self.sock)
+        self.loop.remove_reader(self.sock)
+        if not self.ready.done():
+            self.ready.set_result(False)
         if self.buffer and not self.broken:
             self.sock.settimeout(timeout)
             with contextlib.suppress(OSError):
@@ -100,6 +118,9 @@ class Reader:
     @classmethod
     async def open(cls, sock: socket.socket) -> Reader:
         return cls(*await asyncio.open_unix_connection(sock=sock))
+
+    def greet(self) -> None:
+        self.writer.write(b"R")
 
     async def read(self) -> Any | None:
         """The next record, or None at end of stream."""

@@ -54,9 +54,13 @@ def proxy(config_path: str | None, **flags: Any) -> None:
         raise UsageProblem("--primary: required (or set `primary` in the config file)")
     _logging(cfg.log_level)
     Store(cfg.store).close()  # refuse a bad store before taking traffic
-    from shadowdiff.proxy import serve
+    from shadowdiff.proxy import StartupError, serve
 
-    asyncio.run(serve(cfg))
+    try:
+        asyncio.run(serve(cfg))
+    except StartupError as e:
+        click.echo(f"shadowdiff: error: {e}", err=True)
+        sys.exit(1)
     with Store(cfg.store, create=False) as store:
         counts = store.counts(cfg.run)
     click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {cfg.store}")

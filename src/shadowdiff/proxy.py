@@ -16,6 +16,12 @@ from mitmproxy.tools.dump import DumpMaster
 from shadowdiff.config import Config
 from shadowdiff.tap import ShadowDiff
 
+WORKER_START = 30.0
+
+
+class StartupError(Exception):
+    """The proxy cannot start serving; the message says why."""
+
 
 async def serve(cfg: Config) -> None:
     """Serves until a signal arrives; returns after the worker has flushed."""
@@ -27,7 +33,16 @@ async def serve(cfg: Config) -> None:
         listen_port=int(port),
     )
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-    master.addons.add(ShadowDiff(cfg))
+    tap = ShadowDiff(cfg)
+    master.addons.add(tap)
+    # Listen only once the worker reads: no burst of queued samples at start-up.
+    try:
+        ready = await asyncio.wait_for(tap.start_worker(cfg), WORKER_START)
+    except TimeoutError:
+        ready = False
+    if not ready:
+        tap.done()
+        raise StartupError(f"the worker process did not start within {WORKER_START:.0f}s")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)

@@ -59,8 +59,13 @@ class StoreError(Exception):
     """The store cannot be used (unreadable, not a shadowdiff store, other schema version)."""
 
 
-def _headers_out(headers: Headers) -> bytes:
-    return orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+"""Request credentials: never written to disk; nothing downstream compares them."""
+
+
+def _headers_out(headers: Headers, redact: frozenset[str] = frozenset()) -> bytes:
+    pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+    return orjson.dumps([[n, "[redacted]" if n.lower() in redact else v] for n, v in pairs])
 
 
 def _headers_in(blob: bytes | None) -> Headers:
@@ -143,7 +148,7 @@ class Store:
                 x.route,
                 x.request.method,
                 x.request.path,
-                _headers_out(x.request.headers),
+                _headers_out(x.request.headers, SECRET_HEADERS),
                 x.request.body,
                 *_side(x.primary),
                 *_side(x.shadow),

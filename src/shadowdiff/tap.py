@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -58,7 +59,8 @@ class ShadowDiff:
         self.sampler: Sampler | None = Sampler(config.sampling) if config else None
         self.counts: Counter[str] = Counter()
         self.pending: set[str] = set()
-        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        # Unique per tap object: a reloaded script starts its counters afresh under a new id.
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.writer: Writer | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.ticker: asyncio.TimerHandle | None = None
@@ -113,21 +115,27 @@ class ShadowDiff:
                 "traffic passes through unmirrored"
             )
             return
-        if self.worker is not None:
-            return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "shadowdiff.worker", "--fd", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-        )
-        theirs.close()
-        self.writer = Writer(ours, self.cfg.mirror.max_backlog)
-        self.writer.send(Setup(config=self.cfg, instance=self.instance))
-        self.ticker = asyncio.get_running_loop().call_later(COUNTS_EVERY, self._tick)
+        self.start_worker(self.cfg)
+
+    def start_worker(self, cfg: Config) -> asyncio.Future[bool]:
+        """Starts the worker unless it runs; the future turns True once it reads, False if
+        it died first. `shadowdiff proxy` awaits it before taking traffic."""
+        if self.writer is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "shadowdiff.worker", "--fd", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+            )
+            theirs.close()
+            self.writer = Writer(ours, cfg.mirror.max_backlog)
+            self.writer.send(Setup(config=cfg, instance=self.instance))
+            self.ticker = asyncio.get_running_loop().call_later(COUNTS_EVERY, self._tick)
+        return self.writer.ready
 
     def done(self) -> None:
         if self.ticker:
             self.ticker.cancel()
+            self.ticker = None
         if self.writer is None or self.worker is None or self.cfg is None:
             return
         self.counts["dropped.shutdown"] += len(self.pending)

@@ -55,7 +55,8 @@ class Worker:
         self.breakers = {name: CircuitBreaker(self.cfg.mirror.breaker) for name in self.targets}
         self.primaries: dict[str, asyncio.Future[PrimaryResult]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.in_flight = 0
+        self.slots = asyncio.Semaphore(self.cfg.mirror.max_in_flight)
+        self.outstanding = 0
         self.counts: Counter[str] = Counter()
         self.tap_counts: dict[str, int] = {}
         self.batch: list[Exchange] = []
@@ -76,7 +77,9 @@ class Worker:
             self.dirty = True
 
     def on_request(self, request: RequestSnapshot) -> None:
-        if self.in_flight >= self.cfg.mirror.max_in_flight:
+        # max_in_flight copies go out at once and as many wait for a slot (a burst, a slow
+        # shadow); beyond that, samples are dropped.
+        if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
             self.drop("in_flight")
             return
         if not all(breaker.allow() for breaker in self.breakers.values()):
@@ -84,6 +87,7 @@ class Worker:
             return
         future: asyncio.Future[PrimaryResult] = asyncio.get_running_loop().create_future()
         self.primaries[request.flow_id] = future
+        self.outstanding += 1
         task = asyncio.create_task(self.exchange(request, future))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -97,21 +101,12 @@ class Worker:
     async def exchange(
         self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
     ) -> None:
-        self.in_flight += 1
-        copies = {
-            name: asyncio.ensure_future(self.copy(name, url, request))
-            for name, url in self.targets.items()
-        }
         try:
-            await asyncio.wait(copies.values())
+            outcomes = await self.copies(request)
         except asyncio.CancelledError:
-            for task in copies.values():
-                task.cancel()
-            if primary.done():
-                self.drop("shutdown")
+            if primary.done() and not primary.cancelled():
+                self.drop("shutdown")  # otherwise the tap never handed the primary over: it counted
             raise
-        finally:
-            self.in_flight -= 1
         try:
             result = await asyncio.wait_for(primary, PRIMARY_WAIT)
         except (TimeoutError, asyncio.CancelledError):
@@ -121,7 +116,6 @@ class Worker:
         if result.skip:
             self.drop(result.skip)
             return
-        outcomes = {name: task.result() for name, task in copies.items()}
         self.batch.append(
             Exchange(
                 request=request,
@@ -133,6 +127,15 @@ class Worker:
         )
         self.counts["recorded"] += 1
         self.dirty = True
+
+    async def copies(self, request: RequestSnapshot) -> dict[str, Outcome]:
+        """Waits for a slot under the in-flight cap, then sends every copy at once."""
+        try:
+            async with self.slots:
+                sent = [self.copy(name, url, request) for name, url in self.targets.items()]
+                return dict(zip(self.targets, await asyncio.gather(*sent), strict=True))
+        finally:
+            self.outstanding -= 1
 
     async def copy(self, name: str, url: str, request: RequestSnapshot) -> Outcome:
         outcome = await self.mirror.send(url, request)
@@ -188,10 +191,16 @@ class Worker:
         return dict(merged)
 
     async def shutdown(self) -> None:
-        """Grace for copies in flight, then cancel the rest, flush, close."""
-        waiting = [t for t in self.tasks if not t.done()]
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.cfg.mirror.grace)
+        """After the tap closed the channel: grace for copies in flight, cancel the rest, flush.
+
+        A primary result that has not arrived by now never will (the tap counted those), so
+        their exchanges are let go at once rather than held for the grace period.
+        """
+        for future in self.primaries.values():
+            future.cancel()
+        self.primaries.clear()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.cfg.mirror.grace)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -220,6 +229,7 @@ async def serve(sock: socket.socket) -> int:
     worker = Worker(setup, store)
     stop = asyncio.Event()
     flusher = asyncio.create_task(worker.flusher(stop))
+    reader.greet()
     while (record := await reader.read()) is not None:
         worker.on_record(record)
     stop.set()
