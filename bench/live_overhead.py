@@ -3,8 +3,11 @@
 Run: `.venv/bin/python bench/live_overhead.py [--rounds 5] [--duration 8] [--connections 20]`.
 
 The proxy runs on CPU 0; wrk, the primary, the shadow and the shadowdiff worker run on CPU 1.
-Configurations are interleaved round by round, and each round's ratios are taken against that
-round's bare mitmdump, because the machine's speed drifts between rounds.
+Configurations are interleaved round by round (the order rotates each round, so none always
+runs right after another), and each round's ratios are taken against that round's bare mitmdump,
+because the machine's speed drifts between rounds. Besides throughput and latency it reports the
+proxy process's own CPU time per request, the most direct measure of what the tap adds to the
+live path and the least sensitive to noise from the other CPU.
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ BODY = {
     "bio": "x" * 80,
 }
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-Row = tuple[str, float, float, float, float, float]  # config, req/s, p50, p99, thr/A, p99/A
+Row = tuple[str, float, float, float, float, float, float, float]
+"""config, req/s, p50, p99, proxy CPU us/req, and the per-round ratios thr/A, p99/A, cpu/A."""
 ROUND_HEADER = (
-    f"{'round':>5} {'config':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr/A':>6} "
-    f"{'p99/A':>6} {'errors':>6} {'sampled':>8} {'recorded':>8} {'dropped':>8}"
+    f"{'round':>5} {'config':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} "
+    f"{'thr/A':>6} {'p99/A':>6} {'cpu/A':>6} {'errors':>6} {'sampled':>8} {'recorded':>8} "
+    f"{'dropped':>8}"
 )
 
 
@@ -56,6 +61,7 @@ class Result:
     rps: float
     p50: float
     p99: float
+    cpu_us: float
     errors: int
     counts: dict[str, int] | None
 
@@ -200,6 +206,12 @@ def read_counts(store: Path) -> dict[str, int]:
         return s.counts("bench")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(config: str, ports: dict[str, int], tmp: Path, args: argparse.Namespace) -> Result:
     """One fresh proxy for `config`: warm up 1 s, measure, stop it, read the store."""
     sample, port = CONFIGS[config], free_port()
@@ -208,11 +220,13 @@ def measure(config: str, ports: dict[str, int], tmp: Path, args: argparse.Namesp
         wait_port(port, proc)
         pin_proxy(proc.pid, expect_worker=sample is not None)
         wrk(port, 1, args.connections)
+        before = cpu_seconds(proc.pid)
         rps, p50, p99, errors = parse_wrk(wrk(port, args.duration, args.connections))
+        cpu_us = (cpu_seconds(proc.pid) - before) / (rps * args.duration) * 1e6
     if proc.returncode not in (0, -signal.SIGTERM):
         print(f"warning: config {config} proxy exited with status {proc.returncode}")
     counts = read_counts(store) if sample is not None else None
-    return Result(config, rps, p50, p99, errors, counts)
+    return Result(config, rps, p50, p99, cpu_us, errors, counts)
 
 
 def dropped(counts: dict[str, int]) -> str:
@@ -231,7 +245,8 @@ def round_row(n: int, r: Result, bare: Result) -> str:
     )
     return (
         f"{n:>5} {LABELS[r.config]:<14} {r.rps:>8.1f} {r.p50:>8.2f} {r.p99:>8.2f} "
-        f"{r.rps / bare.rps:>6.3f} {r.p99 / bare.p99:>6.3f} {r.errors:>6} {books}"
+        f"{r.cpu_us:>7.0f} {r.rps / bare.rps:>6.3f} {r.p99 / bare.p99:>6.3f} "
+        f"{r.cpu_us / bare.cpu_us:>6.3f} {r.errors:>6} {books}"
     )
 
 
@@ -246,21 +261,29 @@ def summarise(rounds: list[dict[str, Result]]) -> list[Row]:
                 statistics.median(r.rps for r, _ in runs),
                 statistics.median(r.p50 for r, _ in runs),
                 statistics.median(r.p99 for r, _ in runs),
+                statistics.median(r.cpu_us for r, _ in runs),
                 statistics.median(r.rps / a.rps for r, a in runs),
                 statistics.median(r.p99 / a.p99 for r, a in runs),
+                statistics.median(r.cpu_us / a.cpu_us for r, a in runs),
             )
         )
     return rows
 
 
 def print_summary(rows: list[Row]) -> None:
-    print(f"\n{'config':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'thr/A':>6} {'p99/A':>6}")
-    for config, rps, p50, p99, thr, tail in rows:
-        print(f"{LABELS[config]:<14} {rps:>8.1f} {p50:>8.2f} {p99:>8.2f} {thr:>6.3f} {tail:>6.3f}")
+    print(
+        f"\n{'config':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} "
+        f"{'thr/A':>6} {'p99/A':>6} {'cpu/A':>6}"
+    )
+    for config, rps, p50, p99, cpu, thr, tail, cpu_ratio in rows:
+        print(
+            f"{LABELS[config]:<14} {rps:>8.1f} {p50:>8.2f} {p99:>8.2f} {cpu:>7.0f} "
+            f"{thr:>6.3f} {tail:>6.3f} {cpu_ratio:>6.3f}"
+        )
 
 
 def print_targets(rows: list[Row]) -> None:
-    ratios = {config: (thr, tail) for config, *_, thr, tail in rows}
+    ratios = {config: (thr, tail) for config, *_, thr, tail, _cpu in rows}
     checks = [
         ("10 % sampling: throughput ratio >= 0.95", ratios["C"][0] >= 0.95, ratios["C"][0]),
         ("10 % sampling: p99 ratio <= 1.10", ratios["C"][1] <= 1.10, ratios["C"][1]),
@@ -272,10 +295,16 @@ def print_targets(rows: list[Row]) -> None:
 
 
 def print_markdown(rows: list[Row]) -> None:
-    print("\n| configuration | req/s | p50 ms | p99 ms | throughput vs bare | p99 vs bare |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for config, rps, p50, p99, thr, tail in rows:
-        print(f"| {LABELS[config]} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {thr:.2f} | {tail:.2f} |")
+    print(
+        "\n| configuration | req/s | p50 ms | p99 ms | proxy CPU µs/req "
+        "| throughput vs bare | p99 vs bare | proxy CPU vs bare |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for config, rps, p50, p99, cpu, thr, tail, cpu_ratio in rows:
+        print(
+            f"| {LABELS[config]} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} "
+            f"| {thr:.2f} | {tail:.2f} | {cpu_ratio:.2f} |"
+        )
 
 
 def bench(args: argparse.Namespace, tmp: Path) -> None:
@@ -293,10 +322,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         )
         print(ROUND_HEADER, flush=True)
         rounds: list[dict[str, Result]] = []
+        configs = list(CONFIGS)
         for n in range(1, args.rounds + 1):
-            rnd: dict[str, Result] = {}
-            for config in CONFIGS:
-                rnd[config] = measure(config, ports, tmp, args)
+            turn = (n - 1) % len(configs)
+            rnd = {c: measure(c, ports, tmp, args) for c in configs[turn:] + configs[:turn]}
+            for config in configs:
                 print(round_row(n, rnd[config], rnd["A"]), flush=True)
             rounds.append(rnd)
     rows = summarise(rounds)
@@ -307,8 +337,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5, help="rounds of A B C D [5]")
-    p.add_argument("--duration", type=int, default=8, help="seconds per measured wrk run [8]")
+    p.add_argument("--rounds", type=int, default=8, help="rounds of A B C D [8]")
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run [10]")
     p.add_argument("--connections", type=int, default=20, help="wrk connections [20]")
     p.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return p.parse_args()

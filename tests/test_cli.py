@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from shadowdiff.exchange import Exchange, Outcome, RequestSnapshot
+from shadowdiff.exchange import Divergence, Exchange, Outcome, RequestSnapshot
 from shadowdiff.store import Store
 
 
@@ -99,6 +99,7 @@ def test_summary(tmp_path):
     path = tmp_path / "s.db"
     request = RequestSnapshot("f", "GET", "/users/3", [], b"", 0.0)
     x = Exchange(request, Outcome(200, [], b"a"), Outcome(200, [], b"b"), None, "GET /users/{id}")
+    x.shadow_diffs = [Divergence("body", "changed", "1 bytes", "1 bytes")]
     with Store(path) as store:
         counts = {"seen": 3, "not_eligible.loop": 1, "not_sampled.rate": 1, "sampled": 1}
         store.write("rc1", "h:1", [x], {"tap": counts, "worker": {"recorded": 1}})
@@ -107,7 +108,8 @@ def test_summary(tmp_path):
     assert result.stdout.splitlines() == [
         "run 'rc1': seen 3, sampled 1, recorded 1, dropped 0",
         "  not eligible (loop): 1",
-        "  GET /users/{id}: 1 recorded, 1 with differing status or body",
+        "  GET /users/{id}: 1 exchanges: 0 matched, 0 ignored, 0 noise only, 1 divergent",
+        "      body changed: 1",
     ]
     missing = shadowdiff("summary", f"--store={path}", "--run=nope")
     assert (missing.returncode, missing.stderr.strip()) == (

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from shadowdiff.exchange import Exchange, Outcome, RequestSnapshot
+from shadowdiff.exchange import Divergence, Exchange, Outcome, RequestSnapshot
 from shadowdiff.store import Store, StoreError
 
 
@@ -20,6 +20,7 @@ def exchange(i: int, secondary: bool = False) -> Exchange:
         shadow=Outcome(error="timeout", latency=5.0),
         secondary=Outcome(200, [], b"", 0.02) if secondary else None,
         route="POST /u/{id}",
+        shadow_diffs=[Divergence("outcome", "shadow_error:timeout", "response", "timeout")],
     )
 
 
@@ -40,7 +41,15 @@ def test_round_trip(tmp_path):
         assert store.counts("r1") == {"recorded": 2, "seen": 8}  # latest per instance, summed
         got = list(store.exchanges("r1"))
         assert got == [exchange(1), exchange(2, secondary=True)]
-        assert store.routes("r1") == [("POST /u/{id}", 2, 2)]
+        assert store.routes("r1") == {
+            "POST /u/{id}": {
+                "exchanges": 2,
+                "with_secondary": 1,
+                "matched": 0,
+                "ignored": 0,
+                "divergent": 2,
+            }
+        }
 
 
 def test_request_credentials_never_reach_the_disk(tmp_path):
@@ -91,6 +100,6 @@ def test_other_schema_version_is_refused(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(
-        StoreError, match="store schema version 99, this shadowdiff reads version 1"
+        StoreError, match="store schema version 99, this shadowdiff reads version 2"
     ):
         Store(path)

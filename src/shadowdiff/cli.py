@@ -1,4 +1,4 @@
-"""The command line: `shadowdiff proxy`, `shadowdiff summary`, `shadowdiff demo`.
+"""The command line: `shadowdiff proxy`, `summary`, `suggest-ignores`, `demo`.
 
 Every usage or config error is one line on stderr with exit status 2, never a traceback.
 """
@@ -11,10 +11,12 @@ import sys
 from typing import Any
 
 import click
+import yaml
 
 from shadowdiff import __version__
-from shadowdiff.config import ConfigError, load_config
+from shadowdiff.config import ConfigError, Noise, load_config
 from shadowdiff.counts import by_reason, imbalance, summary_line
+from shadowdiff.noise import findings, suggest_ignores
 from shadowdiff.store import Store, StoreError
 
 
@@ -66,24 +68,62 @@ def proxy(config_path: str | None, **flags: Any) -> None:
     click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {cfg.store}")
 
 
+def _runs(store: Store, store_path: str, run_name: str | None) -> list[str]:
+    runs = store.runs()
+    if run_name and run_name not in runs:
+        raise UsageProblem(f"{store_path}: no run named {run_name!r}")
+    return [run_name] if run_name else runs
+
+
 @cli.command()
 @click.option("--store", "store_path", default="shadowdiff.db", show_default=True)
 @click.option("--run", "run_name", help="Run name [every run in the store].")
-def summary(store_path: str, run_name: str | None) -> None:
-    """Print what each run saw, mirrored, recorded and dropped."""
+@click.option("--config", "config_path", help="Config file whose noise thresholds apply.")
+@click.option("--fields", default=5, show_default=True, help="Divergent fields shown per route.")
+def summary(store_path: str, run_name: str | None, config_path: str | None, fields: int) -> None:
+    """Print what each run saw and recorded, and where the shadow diverges, by route."""
+    noise_cfg = _noise_config(config_path)
     with Store(store_path, create=False) as store:
-        runs = [run_name] if run_name else store.runs()
-        if run_name and run_name not in store.runs():
-            raise UsageProblem(f"{store_path}: no run named {run_name!r}")
-        for run in runs:
+        for run in _runs(store, store_path, run_name):
             counts = store.counts(run)
             click.echo(summary_line(run, counts))
             for reason, n in sorted(by_reason(counts, "not_eligible").items()):
                 click.echo(f"  not eligible ({reason}): {n}")
             for problem in imbalance(counts):
                 click.echo(f"  accounting: {problem}")
-            for route, n, differ in store.routes(run):
-                click.echo(f"  {route}: {n} recorded, {differ} with differing status or body")
+            for found in findings(store.routes(run), store.divergence_rows(run), noise_cfg):
+                click.echo(
+                    f"  {found.route}: {found.exchanges} exchanges: {found.matched} matched, "
+                    f"{found.ignored} ignored, {found.noisy} noise only, "
+                    f"{found.divergent} divergent"
+                )
+                for f in found.fields[:fields]:
+                    note = f", secondary {f.noise_count} (noise)" if f.noise else ""
+                    click.echo(f"      {f.path} {f.kind}: {f.count}{note}")
+
+
+@cli.command("suggest-ignores")
+@click.option("--store", "store_path", default="shadowdiff.db", show_default=True)
+@click.option("--run", "run_name", required=True, help="Run name.")
+def suggest_ignores_command(store_path: str, run_name: str) -> None:
+    """Print ignore rules (YAML) for paths that differ in nearly every exchange with values
+    that look generated: timestamps, UUIDs, random tokens. Review them before use."""
+    with Store(store_path, create=False) as store:
+        _runs(store, store_path, run_name)
+        found = suggest_ignores(store.routes(run_name), store.divergence_rows(run_name))
+    click.echo("# paths that differ in nearly every exchange with generated-looking values;")
+    click.echo("# review, then paste under `compare:` in the config")
+    rules = [{"route": route, "ignore": paths} for route, paths in found.items()]
+    click.echo(yaml.safe_dump({"compare": {"routes": rules}}, sort_keys=False), nl=False)
+
+
+def _noise_config(path: str | None) -> Noise:
+    if path is None:
+        return Noise()
+    try:
+        return load_config(path).noise
+    except ConfigError as e:
+        raise UsageProblem(str(e)) from None
 
 
 @cli.command()

@@ -162,6 +162,108 @@ class Mirror(Strict):
     breaker: Breaker = Breaker()
 
 
+DEFAULT_IGNORED_HEADERS = [
+    "date",
+    "server",
+    "age",
+    "expires",
+    "via",
+    "x-request-id",
+    "x-correlation-id",
+    "x-trace-id",
+    "traceparent",
+    "tracestate",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+    "etag",
+    "content-length",
+    "content-encoding",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+]
+"""Headers that differ between any two instances; bodies are compared decoded, so their
+length and encoding headers say nothing more. Set-Cookie is compared by cookie names only."""
+
+
+def check_rule_path(value: str) -> str:
+    """`status`, `header:NAME` or `body:$...` (a JSON path), the places a divergence can be."""
+    text = str(value).strip()
+    if text == "status" or (text.startswith("header:") and len(text) > 7):
+        return text.lower() if text.startswith("header:") else text
+    if text.startswith("body:$") or text == "body":
+        return text
+    raise ValueError(f"{text!r} is not status, header:NAME, body or body:$.json.path")
+
+
+RulePath = Annotated[str, BeforeValidator(check_rule_path)]
+
+
+def check_pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"{value!r} is not a regular expression: {e}") from None
+    return value
+
+
+class Tolerance(Strict):
+    """Numbers at `path` within `absolute` or `relative` of each other count as equal."""
+
+    path: RulePath
+    absolute: Annotated[float, Field(ge=0)] = 0.0
+    relative: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Normalizer(Strict):
+    """Strings at `path` are compared after `pattern` is replaced by `replace` in both."""
+
+    path: RulePath = "body:$..*"
+    pattern: Annotated[str, BeforeValidator(check_pattern)]
+    replace: str = ""
+
+
+class Rules(Strict):
+    """What to leave out of a comparison; differences it hides are counted as ignored."""
+
+    ignore: list[RulePath] = []
+    tolerance: list[Tolerance] = []
+    unordered: list[RulePath] = []
+    normalize: list[Normalizer] = []
+
+
+class RouteRules(Rules):
+    """Rules added to the global ones for one route (`GET /users/{id}`)."""
+
+    route: str
+
+
+class Compare(Rules):
+    ignored_headers: list[str] = DEFAULT_IGNORED_HEADERS
+    unordered_all: bool = False
+    routes: list[RouteRules] = []
+    examples: Annotated[int, Field(ge=0, le=100)] = 5
+
+
+class Routes(Strict):
+    """Route templates: configured ones win, the rest are inferred from traffic."""
+
+    templates: list[str] = []
+    max: Annotated[int, Field(ge=1)] = 500
+    collapse_after: Annotated[int, Field(ge=2)] = 50
+
+
+class Noise(Strict):
+    """Diffy's rule: a path is a real divergence only if it differs more often against the
+    shadow than against the secondary, by more than both thresholds."""
+
+    relative: Annotated[float, Field(ge=0, le=1)] = 0.20
+    absolute: Annotated[float, Field(ge=0, le=1)] = 0.0003
+
+
 class Config(Strict):
     run: str = "default"
     primary: Url | None = None
@@ -173,6 +275,9 @@ class Config(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     sampling: Sampling = Sampling()
     mirror: Mirror = Mirror()
+    compare: Compare = Compare()
+    routes: Routes = Routes()
+    noise: Noise = Noise()
 
     @field_validator("run")
     @classmethod

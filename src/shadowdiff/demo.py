@@ -19,6 +19,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from shadowdiff.config import Noise
+from shadowdiff.noise import findings
 from shadowdiff.store import Store
 
 
@@ -130,9 +132,15 @@ async def _demo(count: int, sample: float, store_path: str) -> None:
         for runner in runners:
             await runner.cleanup()
     with Store(store_path, create=False) as store:
-        print("recorded exchanges by route (the comparison engine will say how they differ):")
-        for route, n, differ in store.routes("demo")[:10]:
-            print(f"  {route:<24} {n:>4} recorded, {differ:>3} differ in status or body bytes")
+        found = findings(store.routes("demo"), store.divergence_rows("demo"), Noise())
+    print("what the shadow answered differently, by route:")
+    for route in found:
+        print(
+            f"  {route.route:<20} {route.exchanges:>4} compared, {route.matched:>4} matched, "
+            f"{route.divergent:>3} divergent"
+        )
+        for field in route.fields[:3]:
+            print(f"      {field.path} {field.kind} in {field.count}")
 
 
 def run_demo(count: int, sample: float, store_path: str) -> None:

@@ -60,15 +60,35 @@ class TapCounts:
     counts: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """A difference at `path`: `status`, `outcome`, `header:<name>`, `body` or `body:$...`.
+
+    `rule` names the rule that neutralised it (ignore, tolerance, normalize); None: it counts.
+    """
+
+    path: str
+    kind: str
+    left: str
+    right: str
+    rule: str | None = None
+
+
 @dataclass(slots=True)
 class Exchange:
-    """One sampled request with every side's outcome: the unit the store records."""
+    """One sampled request with every side's outcome: the unit the store records.
+
+    The divergences are the shadow's and the secondary's against the primary, filled in by
+    the comparison before the exchange is stored.
+    """
 
     request: RequestSnapshot
     primary: Outcome
     shadow: Outcome
     secondary: Outcome | None
     route: str
+    shadow_diffs: list[Divergence] = field(default_factory=list)
+    secondary_diffs: list[Divergence] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,11 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
+        "expect",
     }
 )
-"""Headers that belong to one connection, not to the request; aiohttp sets its own."""
+"""Headers that belong to one connection, not to the request; aiohttp sets its own.
+`Expect: 100-continue` was already answered to the client by the proxy."""
 
 
 def copy_headers(headers: Headers, cfg: MirrorConfig) -> list[tuple[str, str]]:
@@ -106,7 +108,7 @@ class Mirror:
                 )
         except TooLarge:
             return Outcome(error="too_large", latency=time.perf_counter() - started)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - a copy never raises: every failure is an outcome
             return Outcome(error=error_kind(e), latency=time.perf_counter() - started)
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import orjson
 
-from shadowdiff.exchange import Exchange, Headers, Outcome, RequestSnapshot
+from shadowdiff.compare import result_of
+from shadowdiff.exchange import Divergence, Exchange, Headers, Outcome, RequestSnapshot
+from shadowdiff.routes import apply_merge
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,9 +37,34 @@ CREATE TABLE IF NOT EXISTS exchanges (
     shadow_status INTEGER, shadow_error TEXT, shadow_latency REAL,
     shadow_headers BLOB, shadow_body BLOB,
     secondary_status INTEGER, secondary_error TEXT, secondary_latency REAL,
-    secondary_headers BLOB, secondary_body BLOB
+    secondary_headers BLOB, secondary_body BLOB,
+    shadow_result TEXT NOT NULL,
+    secondary_result TEXT
 );
 CREATE INDEX IF NOT EXISTS exchanges_run_route ON exchanges (run, route);
+CREATE INDEX IF NOT EXISTS exchanges_flow ON exchanges (run, instance, flow_id);
+CREATE TABLE IF NOT EXISTS divergences (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    side TEXT NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    left_value TEXT NOT NULL,
+    right_value TEXT NOT NULL,
+    rule TEXT
+);
+CREATE INDEX IF NOT EXISTS divergences_run_route ON divergences (run, route, side, path);
+CREATE TABLE IF NOT EXISTS examples (
+    run TEXT NOT NULL,
+    route TEXT NOT NULL,
+    path TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    PRIMARY KEY (run, route, path, slot)
+);
 CREATE TABLE IF NOT EXISTS counts (
     run TEXT NOT NULL,
     instance TEXT NOT NULL,
@@ -52,6 +79,7 @@ _SIDES = ("primary", "shadow", "secondary")
 _COLUMNS = (
     "run, instance, flow_id, ts, route, method, path, request_headers, request_body, "
     + ", ".join(f"{s}_status, {s}_error, {s}_latency, {s}_headers, {s}_body" for s in _SIDES)
+    + ", shadow_result, secondary_result"
 )
 
 
@@ -97,6 +125,7 @@ class Store:
             self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.create_function("apply_merge", 3, apply_merge, deterministic=True)
             self._check_schema(create)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a readable shadowdiff store ({e})") from None
@@ -135,10 +164,14 @@ class Store:
         self,
         run: str,
         instance: str,
-        exchanges: Iterable[Exchange],
+        exchanges: list[Exchange],
         counts: dict[str, dict[str, int]],
+        merges: Iterable[tuple[str, str]] = (),
+        examples: Iterable[tuple[str, str, int, str]] = (),
     ) -> None:
-        """Records a batch of exchanges and the latest cumulative counters, in one transaction."""
+        """Records a batch in one transaction: exchanges with their divergences, the latest
+        cumulative counters, route merges (old prefix → new), and example slots
+        (route, path, slot, flow_id) pointing at exchanges of this instance."""
         rows = [
             (
                 run,
@@ -153,12 +186,40 @@ class Store:
                 *_side(x.primary),
                 *_side(x.shadow),
                 *_side(x.secondary),
+                result_of(x.shadow_diffs),
+                result_of(x.secondary_diffs) if x.secondary else None,
             )
             for x in exchanges
         ]
-        marks = ", ".join("?" * (9 + 5 * len(_SIDES)))
+        diffs = [
+            (
+                run,
+                instance,
+                x.request.flow_id,
+                x.route,
+                side,
+                d.path,
+                d.kind,
+                d.left,
+                d.right,
+                d.rule,
+            )
+            for x in exchanges
+            for side, listed in (("shadow", x.shadow_diffs), ("secondary", x.secondary_diffs))
+            for d in listed
+        ]
+        marks = ", ".join("?" * (11 + 5 * len(_SIDES)))
         with self.db:
+            for old, new in merges:
+                self._merge(run, old, new)
             self.db.executemany(f"INSERT INTO exchanges ({_COLUMNS}) VALUES ({marks})", rows)
+            self.db.executemany(
+                "INSERT INTO divergences VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", diffs
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?)",
+                [(run, route, path, slot, instance, flow) for route, path, slot, flow in examples],
+            )
             self.db.executemany(
                 "INSERT INTO counts VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (run, instance, source, name) DO UPDATE SET value = excluded.value",
@@ -167,6 +228,16 @@ class Store:
                     for source, named in counts.items()
                     for name, value in named.items()
                 ],
+            )
+
+    def _merge(self, run: str, old: str, new: str) -> None:
+        """Regroups what is stored under route prefix `old` as `new` (a collapsed segment)."""
+        like = old.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+        for update in ("UPDATE exchanges", "UPDATE divergences", "UPDATE OR REPLACE examples"):
+            self.db.execute(
+                f"{update} SET route = apply_merge(route, ?, ?)"
+                " WHERE run = ? AND (route = ? OR route LIKE ? ESCAPE '\\')",
+                (old, new, run, old, like),
             )
 
     def runs(self) -> list[str]:
@@ -182,19 +253,55 @@ class Store:
         )
         return {name: int(value) for name, value in rows}
 
-    def routes(self, run: str) -> list[tuple[str, int, int]]:
-        """Per route: exchanges recorded, and how many had another status or other body bytes."""
+    def routes(self, run: str) -> dict[str, dict[str, int]]:
+        """Per route: exchanges, with a secondary, and the shadow's matched / ignored /
+        divergent counts (before noise is taken out)."""
         rows = self.db.execute(
-            "SELECT route, COUNT(*), SUM(primary_status IS NOT shadow_status"
-            " OR primary_body IS NOT shadow_body) FROM exchanges WHERE run = ?"
-            " GROUP BY route ORDER BY COUNT(*) DESC, route",
+            "SELECT route, COUNT(*), COUNT(secondary_result), SUM(shadow_result = 'matched'),"
+            " SUM(shadow_result = 'ignored'), SUM(shadow_result = 'divergent')"
+            " FROM exchanges WHERE run = ? GROUP BY route ORDER BY COUNT(*) DESC, route",
             (run,),
         )
-        return [(route, int(n), int(differ)) for route, n, differ in rows]
+        names = ("exchanges", "with_secondary", "matched", "ignored", "divergent")
+        return {route: dict(zip(names, map(int, rest), strict=True)) for route, *rest in rows}
 
-    def exchanges(self, run: str) -> Iterator[Exchange]:
+    def divergence_rows(
+        self, run: str
+    ) -> Iterator[tuple[str, str, str, str, str, str | None, str, str]]:
+        """(route, side, exchange key, path, kind, rule, left, right) for every divergence."""
+        rows = self.db.execute(
+            "SELECT route, side, instance || ' ' || flow_id, path, kind, rule,"
+            " left_value, right_value FROM divergences WHERE run = ?",
+            (run,),
+        )
+        yield from rows
+
+    def examples(self, run: str, route: str, path: str) -> list[Exchange]:
+        """The sampled example exchanges kept for one (route, path)."""
+        keys = self.db.execute(
+            "SELECT instance, flow_id FROM examples WHERE run = ? AND route = ? AND path = ?"
+            " ORDER BY slot",
+            (run, route, path),
+        ).fetchall()
+        return [x for instance, flow in keys for x in self.exchanges(run, instance, flow)]
+
+    def exchanges(
+        self, run: str, instance: str | None = None, flow_id: str | None = None
+    ) -> Iterator[Exchange]:
+        """The run's exchanges in recording order (or the one of `instance` and `flow_id`)."""
+        where, args = "run = ?", [run]
+        if instance is not None and flow_id is not None:
+            where += " AND instance = ? AND flow_id = ?"
+            args += [instance, flow_id]
+        diffs: dict[tuple[str, str], list[tuple[str, Divergence]]] = {}
+        for row in self.db.execute(
+            "SELECT instance, flow_id, side, path, kind, left_value, right_value, rule"
+            f" FROM divergences WHERE {where} ORDER BY rowid",
+            args,
+        ):
+            diffs.setdefault((row[0], row[1]), []).append((row[2], Divergence(*row[3:])))
         cursor = self.db.execute(
-            f"SELECT {_COLUMNS} FROM exchanges WHERE run = ? ORDER BY id", (run,)
+            f"SELECT {_COLUMNS} FROM exchanges WHERE {where} ORDER BY id", args
         )
         for row in cursor:
             request = RequestSnapshot(
@@ -208,7 +315,16 @@ class Store:
             sides = [_outcome(row[9 + 5 * i : 14 + 5 * i]) for i in range(len(_SIDES))]
             primary, shadow, secondary = sides
             assert primary is not None and shadow is not None
-            yield Exchange(request, primary, shadow, secondary, route=row[4])
+            found = diffs.get((row[1], row[2]), [])
+            yield Exchange(
+                request,
+                primary,
+                shadow,
+                secondary,
+                route=row[4],
+                shadow_diffs=[d for side, d in found if side == "shadow"],
+                secondary_diffs=[d for side, d in found if side == "secondary"],
+            )
 
 
 def _outcome(cols: tuple[object, ...]) -> Outcome | None:

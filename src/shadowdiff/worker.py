@@ -2,7 +2,8 @@
 
 It reads snapshots from the tap, sends each copy to the shadow (and secondary) at once,
 concurrently with the primary, joins the primary's result when it arrives, and records the
-exchange in batches. Started by the tap as `python -m shadowdiff.worker --fd N`; it stops when
+exchange in batches through the recorder (which compares and writes in the store thread).
+Started by the tap as `python -m shadowdiff.worker --fd N`; it stops when
 the tap closes the channel (or on SIGTERM), giving in-flight copies a short grace period.
 """
 
@@ -30,15 +31,13 @@ from shadowdiff.exchange import (
     TapCounts,
 )
 from shadowdiff.mirror import Mirror
-from shadowdiff.routes import route_of
+from shadowdiff.recorder import Recorder
 from shadowdiff.store import Store
 
 logger = logging.getLogger("shadowdiff.worker")
 
 PRIMARY_WAIT = 60.0
 """How long a copy waits for the primary's result before it is let go (the tap counted it)."""
-MAX_UNWRITTEN = 50_000
-"""Exchanges kept in memory while the store refuses writes; beyond, drops are counted."""
 
 
 class Worker:
@@ -62,6 +61,7 @@ class Worker:
         self.batch: list[Exchange] = []
         self.dirty = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.recorder = Recorder(self.cfg, self.instance, store)
 
     # -- records from the tap -------------------------------------------------------------
 
@@ -122,11 +122,9 @@ class Worker:
                 primary=result.outcome,
                 shadow=outcomes["shadow"],
                 secondary=outcomes.get("secondary"),
-                route=route_of(request.method, request.path),
+                route="",  # the recorder routes it
             )
         )
-        self.counts["recorded"] += 1
-        self.dirty = True
 
     async def copies(self, request: RequestSnapshot) -> dict[str, Outcome]:
         """Waits for a slot under the in-flight cap, then sends every copy at once."""
@@ -149,31 +147,14 @@ class Worker:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def all_counts(self) -> dict[str, dict[str, int]]:
-        return {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
-
     async def flush(self) -> None:
         if not self.batch and not self.dirty:
             return
         batch, self.batch, self.dirty = self.batch, [], False
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor,
-                self.store.write,
-                self.cfg.run,
-                self.instance,
-                batch,
-                self.all_counts(),
-            )
-        except Exception as e:  # noqa: BLE001 - the store may fail in many ways; keep going
-            logger.error("cannot write to store %s: %s; will retry", self.store.path, e)
-            keep = batch[-MAX_UNWRITTEN:]
-            lost = len(batch) - len(keep)
-            if lost:
-                self.counts["recorded"] -= lost
-                self.counts["dropped.store"] += lost
-            self.batch = keep + self.batch
-            self.dirty = True
+        counts = {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.recorder.record, batch, counts
+        )
 
     async def flusher(self, stop: asyncio.Event) -> None:
         last_log = time.monotonic()
@@ -188,6 +169,7 @@ class Worker:
     def merged(self) -> dict[str, int]:
         merged = Counter(self.tap_counts)
         merged.update(self.counts)
+        merged.update(self.recorder.books)
         return dict(merged)
 
     async def shutdown(self) -> None:

@@ -1,0 +1,101 @@
+"""From completed exchanges to stored records: route, compare, keep examples, write.
+
+Runs in the worker's store thread, so neither a comparison nor a slow disk holds up the copies
+on the worker's event loop. What it counts (recorded, compared, matched, ignored, divergent,
+dropped.store) it owns alone; the batch and those counters reach the store in one transaction.
+A batch the store refused is kept (bounded) and written with the next one, never compared twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+
+from shadowdiff.compare import Comparer, result_of
+from shadowdiff.config import Config
+from shadowdiff.exchange import Exchange
+from shadowdiff.noise import Reservoir
+from shadowdiff.routes import RouteTable, apply_merge
+from shadowdiff.store import Store
+
+logger = logging.getLogger("shadowdiff.recorder")
+
+MAX_UNWRITTEN = 50_000
+"""Exchanges kept while the store refuses writes; beyond, the oldest are dropped and counted."""
+
+
+class Recorder:
+    def __init__(self, cfg: Config, instance: str, store: Store) -> None:
+        self.cfg = cfg
+        self.instance = instance
+        self.store = store
+        self.routes = RouteTable(cfg.routes)
+        self.comparer = Comparer(cfg.compare)
+        self.reservoirs: dict[tuple[str, str], Reservoir] = {}
+        self.rng = random.Random()
+        self.books: Counter[str] = Counter()
+        self.unwritten: list[Exchange] = []
+        self.merges: list[tuple[str, str]] = []
+        self.examples: list[tuple[str, str, int, str]] = []
+
+    def record(self, batch: list[Exchange], counts: dict[str, dict[str, int]]) -> None:
+        """Analyses a batch and writes it with everything still unwritten; never raises."""
+        self.analyse(batch)
+        self.unwritten.extend(batch)
+        books = self.books.copy()
+        books["recorded"] += len(self.unwritten)  # true once this transaction commits
+        try:
+            self.store.write(
+                self.cfg.run,
+                self.instance,
+                self.unwritten,
+                {**counts, "store": dict(books)},
+                self.merges,
+                self.examples,
+            )
+        except Exception as e:  # noqa: BLE001 - a full disk, a lock, a vanished file: keep going
+            logger.error("cannot write to store %s: %s; will retry", self.store.path, e)
+            lost = len(self.unwritten) - MAX_UNWRITTEN
+            if lost > 0:
+                del self.unwritten[:lost]
+                self.books["dropped.store"] += lost
+            return
+        self.books["recorded"] += len(self.unwritten)
+        self.unwritten.clear()
+        self.merges.clear()
+        self.examples.clear()
+
+    def analyse(self, batch: list[Exchange]) -> None:
+        for x in batch:
+            x.route = self.routes.route(x.request.method, x.request.path)
+        merges = self.routes.take_merges()
+        for old, new in merges:
+            for x in (*self.unwritten, *batch):
+                x.route = apply_merge(x.route, old, new)
+            self.reservoirs = {
+                k: r for k, r in self.reservoirs.items() if apply_merge(k[0], old, new) == k[0]
+            }
+        self.merges.extend(merges)
+        for x in batch:
+            x.shadow_diffs = self.comparer.compare(x.primary, x.shadow, x.route)
+            if x.secondary is not None:
+                x.secondary_diffs = self.comparer.compare(
+                    x.primary, x.secondary, x.route, "secondary"
+                )
+            self.books["compared"] += 1
+            self.books[result_of(x.shadow_diffs)] += 1
+            self.keep_examples(x)
+
+    def keep_examples(self, x: Exchange) -> None:
+        """Offers the exchange as an example of each path where it really diverged."""
+        if not self.cfg.compare.examples:
+            return
+        for path in sorted({d.path for d in x.shadow_diffs if d.rule is None}):
+            key = (x.route, path)
+            reservoir = self.reservoirs.get(key)
+            if reservoir is None:
+                reservoir = self.reservoirs[key] = Reservoir(self.cfg.compare.examples)
+            slot = reservoir.offer(x.request.flow_id, self.rng)
+            if slot is not None:
+                self.examples.append((x.route, path, slot, x.request.flow_id))
