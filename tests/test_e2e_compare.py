@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import gzip
 import random
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 
 import orjson
+import yaml
 from aiohttp import web
 
-from shadowdiff.config import Noise
+from shadowdiff.config import Noise, load_config
 from shadowdiff.demo import free_port
 from shadowdiff.noise import RouteFindings, findings
 from shadowdiff.store import Store
@@ -132,6 +135,24 @@ async def test_volatile_fields_are_noise_when_the_secondary_shows_them(
     # the same shadow without a secondary: every difference counts, none is hidden
     found = await run_traffic(start_proxy, client, tmp_path, volatile, volatile, run="alone")
     assert all(route.divergent == route.exchanges for route in found.values())
+    # ... and the engine proposes ignore rules for them, ready to paste
+    suggested = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shadowdiff",
+            "suggest-ignores",
+            f"--store={tmp_path}/alone.db",
+            "--run=alone",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rules = yaml.safe_load(suggested)["compare"]["routes"]
+    assert {r["route"] for r in rules} == set(found)
+    assert all(r["ignore"] == ["body:$.generated_at", "body:$.request_id"] for r in rules)
+    assert load_config(None, {"shadow": "http://a:1", "compare.routes": rules})
 
 
 async def test_rules_and_encodings_give_no_divergence(start_proxy, client, tmp_path):
