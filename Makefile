@@ -27,8 +27,10 @@ test: lint
 	$(BIN)/pytest --cov=shadowdiff --cov-report=term-missing:skip-covered -q
 
 bench: $(STAMP)
-	@command -v wrk >/dev/null || apt-get install -y -q wrk
+	@command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python bench/live_overhead.py
+	$(BIN)/python bench/tap_hooks.py
+	$(BIN)/python bench/compare_speed.py
 
 clean:
 	rm -rf .venv .venv312 .pytest_cache .mypy_cache .ruff_cache .coverage* demo.db*

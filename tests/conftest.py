@@ -16,7 +16,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from shadowdiff.demo import free_port, wait_listening
+from shadowdiff.demo import free_port, start, wait_listening
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Runs an aiohttp app on a free loopback port; returns its runner and base URL."""
+    port = free_port()
+    return await start(app, port), f"http://127.0.0.1:{port}"
 
 
 @dataclass

@@ -126,6 +126,13 @@ def test_json_paths_and_kinds():
     ]
 
 
+def test_json_served_as_text_is_still_structural():
+    text = [(b"Content-Type", b"text/plain")]
+    assert paths(compare(ok(js({"a": 1}), text), ok(js({"a": 2}), text))) == [
+        ("body:$.a", "changed", None)
+    ]
+
+
 def test_gzip_vs_identity_same_json():
     doc = js({"a": list(range(50))})
     gz = ok(gzip.compress(doc), [*JSON, (b"Content-Encoding", b"gzip")])

@@ -22,6 +22,8 @@ def test_balanced_books():
         "run 'rc1': seen 10, sampled 4, recorded 2, dropped 2 (backlog 1, in_flight 1), "
         "shadow errors 2 (timeout 2)"
     )
+    compared = {**counts, "compared": 2, "matched": 1, "divergent": 1}
+    assert summary_line("rc1", compared).endswith("compared 2 (matched 1, ignored 0, differing 1)")
 
 
 def test_unbalanced_books_are_named():

@@ -14,8 +14,8 @@ import orjson
 import yaml
 from aiohttp import web
 
+from conftest import serve_app
 from shadowdiff.config import Noise, load_config
-from shadowdiff.demo import free_port
 from shadowdiff.noise import RouteFindings, findings
 from shadowdiff.store import Store
 
@@ -67,11 +67,7 @@ async def serve(version: Version) -> tuple[web.AppRunner, str]:
     app.router.add_get("/users/{id}", user)
     app.router.add_get("/search", search)
     app.router.add_get("/orders/{id}", order)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+    return await serve_app(app)
 
 
 async def run_traffic(

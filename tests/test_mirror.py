@@ -6,7 +6,7 @@ import gzip
 
 from aiohttp import web
 
-from conftest import Backend
+from conftest import Backend, serve_app
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.demo import free_port
 from shadowdiff.exchange import RequestSnapshot
@@ -60,15 +60,10 @@ async def test_gzip_response_kept_compressed():
 
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_app(app)
     mirror = Mirror(MirrorConfig())
     try:
-        outcome = await mirror.send(
-            f"http://127.0.0.1:{port}", request("/", headers=[(b"Accept-Encoding", b"gzip")])
-        )
+        outcome = await mirror.send(url, request("/", headers=[(b"Accept-Encoding", b"gzip")]))
     finally:
         await mirror.close()
         await runner.cleanup()
@@ -117,13 +112,10 @@ async def test_too_large_without_content_length():
 
     app = web.Application()
     app.router.add_get("/x", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_app(app)
     mirror = Mirror(MirrorConfig(max_body="1MiB"))
     try:
-        outcome = await mirror.send(f"http://127.0.0.1:{port}", request())
+        outcome = await mirror.send(url, request())
     finally:
         await mirror.close()
         await runner.cleanup()

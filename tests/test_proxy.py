@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from conftest import Backend, Proxy
+from conftest import Backend, Proxy, serve_app
 from shadowdiff.counts import imbalance
 from shadowdiff.demo import free_port, wait_listening
 from shadowdiff.store import Store
@@ -229,13 +229,8 @@ async def test_websocket_passes_through_not_eligible(start_proxy, client, shadow
 
     app = web.Application()
     app.router.add_get("/ws", ws)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    proxy = await start_proxy(
-        f"--primary=http://127.0.0.1:{port}", f"--shadow={shadow.url}", "--sample=1"
-    )
+    runner, url = await serve_app(app)
+    proxy = await start_proxy(f"--primary={url}", f"--shadow={shadow.url}", "--sample=1")
     async with client.ws_connect(f"{proxy.url}/ws") as socket:
         await socket.send_str("hi")
         assert (await socket.receive()).data == "echo hi"

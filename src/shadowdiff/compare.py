@@ -173,6 +173,11 @@ class Comparer:
         kind = a.kind if a.kind == b.kind else a.kind if b.kind == bodies.BINARY else b.kind
         if kind in (bodies.JSON, bodies.FORM):
             return flags + self._structured(a, b, kind, rules)
+        if kind == bodies.TEXT and _looks_json(a.data) and _looks_json(b.data):
+            left, left_ok = _parse_json(a.data)
+            right, right_ok = _parse_json(b.data)
+            if left_ok and right_ok:  # JSON served as text: still compared structurally
+                return flags + self._json(left, right, rules)
         if kind in (bodies.HTML, bodies.XML, bodies.TEXT):
             return flags + _text(a.data, b.data, collapse=kind != bodies.TEXT)
         return flags + [Divergence("body", "changed", _describe(a.data), _describe(b.data))]
@@ -187,6 +192,9 @@ class Comparer:
             if not (left_ok or right_ok):
                 return _text(a.data, b.data, collapse=False)
             return [Divergence("body", f"not_{kind}", _describe(a.data), _describe(b.data))]
+        return self._json(left, right, rules)
+
+    def _json(self, left: Any, right: Any, rules: _Compiled) -> list[Divergence]:
         return [
             Divergence(f"body:{d.path}", d.kind, excerpt(d.left), excerpt(d.right), d.rule)
             for d in jsondiff.diff(left, right, rules.json)
@@ -228,6 +236,10 @@ def _cookie_name(value: str) -> str:
     except CookieError:
         return value.split("=", 1)[0].strip()
     return ",".join(sorted(cookie.keys())) or value.split("=", 1)[0].strip()
+
+
+def _looks_json(data: bytes) -> bool:
+    return data.lstrip()[:1] in (b"{", b"[")
 
 
 def _parse_json(data: bytes) -> tuple[Any, bool]:

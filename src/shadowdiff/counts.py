@@ -39,9 +39,16 @@ def summary_line(run: str, counts: dict[str, int]) -> str:
     detail = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()))
     errors = by_reason(counts, "shadow_error")
     error_text = ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
+    compared = (
+        f", compared {counts['compared']} (matched {counts.get('matched', 0)}, ignored "
+        f"{counts.get('ignored', 0)}, differing {counts.get('divergent', 0)})"
+        if counts.get("compared")
+        else ""
+    )
     return (
         f"run {run!r}: seen {counts.get('seen', 0)}, sampled {counts.get('sampled', 0)}, "
         f"recorded {counts.get('recorded', 0)}, dropped {total(counts, 'dropped')}"
         + (f" ({detail})" if detail else "")
         + (f", shadow errors {total(counts, 'shadow_error')} ({error_text})" if errors else "")
+        + compared
     )

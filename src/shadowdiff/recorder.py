@@ -16,7 +16,7 @@ from shadowdiff.compare import Comparer, result_of
 from shadowdiff.config import Config
 from shadowdiff.exchange import Exchange
 from shadowdiff.noise import Reservoir
-from shadowdiff.routes import RouteTable, apply_merge
+from shadowdiff.routes import OTHER, RouteTable, apply_merge
 from shadowdiff.store import Store
 
 logger = logging.getLogger("shadowdiff.recorder")
@@ -84,6 +84,7 @@ class Recorder:
                     x.primary, x.secondary, x.route, "secondary"
                 )
             self.books["compared"] += 1
+            self.books["route_overflow"] += x.route == OTHER
             self.books[result_of(x.shadow_diffs)] += 1
             self.keep_examples(x)
 
