@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests addons bench
 	$(BIN)/mypy src
 
-test: lint
+# The report tests open the HTML report in Debian's headless chromium.
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the report tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: lint browser
 	$(BIN)/pytest --cov=shadowdiff --cov-report=term-missing:skip-covered -q
 
 bench: $(STAMP)

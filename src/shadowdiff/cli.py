@@ -1,4 +1,4 @@
-"""The command line: `shadowdiff proxy`, `summary`, `suggest-ignores`, `demo`.
+"""The command line: `shadowdiff proxy`, `summary`, `gate`, `report`, `suggest-ignores`, `demo`.
 
 Every usage or config error is one line on stderr with exit status 2, never a traceback.
 """
@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
 from shadowdiff import __version__
-from shadowdiff.config import ConfigError, Noise, load_config
+from shadowdiff.config import Config, ConfigError, load_config
 from shadowdiff.counts import by_reason, imbalance, summary_line
 from shadowdiff.noise import findings, suggest_ignores
 from shadowdiff.store import Store, StoreError
@@ -82,7 +83,7 @@ def _runs(store: Store, store_path: str, run_name: str | None) -> list[str]:
 @click.option("--fields", default=5, show_default=True, help="Divergent fields shown per route.")
 def summary(store_path: str, run_name: str | None, config_path: str | None, fields: int) -> None:
     """Print what each run saw and recorded, and where the shadow diverges, by route."""
-    noise_cfg = _noise_config(config_path)
+    noise_cfg = _config(config_path).noise
     with Store(store_path, create=False) as store:
         for run in _runs(store, store_path, run_name):
             counts = store.counts(run)
@@ -117,18 +118,95 @@ def suggest_ignores_command(store_path: str, run_name: str) -> None:
     click.echo(yaml.safe_dump({"compare": {"routes": rules}}, sort_keys=False), nl=False)
 
 
-def _noise_config(path: str | None) -> Noise:
-    if path is None:
-        return Noise()
+def _config(path: str | None) -> Config:
+    """The config whose thresholds a face applies; the defaults without a file."""
     try:
-        return load_config(path).noise
+        return load_config(path) if path else load_config(None, {"shadow": "http://127.0.0.1:1"})
     except ConfigError as e:
         raise UsageProblem(str(e)) from None
 
 
+def _one_run(store: Store, store_path: str, run_name: str | None) -> str:
+    runs = _runs(store, store_path, run_name)
+    if not runs:
+        raise UsageProblem(f"{store_path}: the store holds no run yet")
+    if len(runs) > 1:
+        raise UsageProblem(f"--run: {store_path} holds several runs: {', '.join(runs)}")
+    return runs[0]
+
+
+EXIT = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
+
+
+@cli.command()
+@click.option("--store", "store_path", default="shadowdiff.db", show_default=True)
+@click.option("--run", "run_name", help="Run name [the store's only run].")
+@click.option("--config", "config_path", help="Config file whose judge thresholds apply.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict document as JSON.")
+def gate(store_path: str, run_name: str | None, config_path: str | None, as_json: bool) -> None:
+    """Judge a run: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2: bad usage or unreadable store)."""
+    from shadowdiff.evidence import document
+
+    cfg = _config(config_path)
+    with Store(store_path, create=False) as store:
+        run = _one_run(store, store_path, run_name)
+        doc, _, verdict = document(store, run, cfg)
+    if as_json:
+        from shadowdiff.report import render_json
+
+        click.echo(render_json(doc), nl=False)
+    else:
+        click.echo(
+            f"{verdict.verdict}: run {run!r}, {len(doc['routes'])} routes, "
+            f"{doc['counts']['compared']} exchanges compared"
+        )
+        shown = [c for c in verdict.checks if c.result != "PASS"]
+        for c in shown:
+            click.echo(f"  {c.result:<12} {c.id:<16} {c.route}: {c.detail}")
+    sys.exit(EXIT[verdict.verdict])
+
+
+@cli.command()
+@click.option("--store", "store_path", default="shadowdiff.db", show_default=True)
+@click.option("--run", "run_name", help="Run name [the store's only run].")
+@click.option("--config", "config_path", help="Config file whose thresholds apply.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["html", "md", "json"]),
+    required=True,
+    help="Report format.",
+)
+@click.option("-o", "--output", help="File to write [standard output].")
+def report(
+    store_path: str, run_name: str | None, config_path: str | None, fmt: str, output: str | None
+) -> None:
+    """Write the divergence report of a run: HTML (self-contained), Markdown or JSON."""
+    from shadowdiff.evidence import document
+    from shadowdiff.report import render_html, render_json, render_markdown
+
+    cfg = _config(config_path)
+    with Store(store_path, create=False) as store:
+        run = _one_run(store, store_path, run_name)
+        doc, extras, _ = document(store, run, cfg)
+    text = {
+        "html": lambda: render_html(doc, extras),
+        "md": lambda: render_markdown(doc),
+        "json": lambda: render_json(doc),
+    }[fmt]()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageProblem(f"-o: cannot write {output}: {e.strerror or e}") from None
+    click.echo(f"{fmt} report of run {run!r} ({doc['verdict']}) written to {output}")
+
+
 @cli.command()
 @click.option("--requests", "count", default=300, show_default=True, help="Requests to drive.")
-@click.option("--sample", default=0.5, show_default=True, type=float, help="Sample rate.")
+@click.option("--sample", default=0.7, show_default=True, type=float, help="Sample rate.")
 @click.option("--store", "store_path", default="demo.db", show_default=True)
 def demo(count: int, sample: float, store_path: str) -> None:
     """Start a demo primary and shadow, proxy traffic through shadowdiff, show what was recorded."""

@@ -264,6 +264,47 @@ class Noise(Strict):
     absolute: Annotated[float, Field(ge=0, le=1)] = 0.0003
 
 
+class Judge(Strict):
+    """Thresholds of the release verdict; too little data is INCONCLUSIVE, never PASS."""
+
+    allowed_divergence_rate: Rate = 0.0
+    accepted_routes: list[str] = []
+    accepted_paths: list[RulePath] = []
+    min_pairs: Annotated[int, Field(ge=1)] = 50
+    latency_tolerance: Annotated[float, Field(ge=0)] = 0.10
+    p99_tolerance: Annotated[float, Field(ge=0)] = 0.25
+    p99_min_pairs: Annotated[int, Field(ge=1)] = 300
+    error_rate_margin: Rate = 0.0
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+
+
+DEFAULT_REDACTED_HEADERS = ["authorization", "proxy-authorization", "cookie", "set-cookie"]
+
+
+def check_json_path(value: str) -> str:
+    from shadowdiff.jsondiff import Rules as PathRules
+
+    try:
+        PathRules(ignore=(str(value),))
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return str(value)
+
+
+class Redact(Strict):
+    """What never appears in a report or a stored example: header values and JSON paths."""
+
+    headers: list[str] = DEFAULT_REDACTED_HEADERS
+    paths: list[Annotated[str, BeforeValidator(check_json_path)]] = [
+        "$..password",
+        "$..token",
+        "$..access_token",
+        "$..refresh_token",
+        "$..secret",
+        "$..api_key",
+    ]
+
+
 class Config(Strict):
     run: str = "default"
     primary: Url | None = None
@@ -278,6 +319,8 @@ class Config(Strict):
     compare: Compare = Compare()
     routes: Routes = Routes()
     noise: Noise = Noise()
+    judge: Judge = Judge()
+    redact: Redact = Redact()
 
     @field_validator("run")
     @classmethod

@@ -2,7 +2,7 @@
 
 The primary is a tiny user and search API; the shadow is its "next version", which renames one
 field for some users and answers searches a little slower. The proxy runs as its own process,
-exactly as a user would start it.
+exactly as a user would start it; the demo ends with the verdict and an HTML report.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from shadowdiff.config import Noise
-from shadowdiff.noise import findings
+from shadowdiff.config import load_config
+from shadowdiff.evidence import document
+from shadowdiff.report import render_html
 from shadowdiff.store import Store
 
 
@@ -34,6 +35,7 @@ def demo_app(version: str) -> web.Application:
     """The demo API; `version` "shadow" differs from "primary" in two small ways."""
 
     async def user(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.005)
         uid = int(request.match_info["id"])
         body: dict[str, object] = {"id": uid, "name": f"user {uid}", "plan": "free"}
         if version == "shadow" and uid % 7 == 0:
@@ -41,8 +43,7 @@ def demo_app(version: str) -> web.Application:
         return web.json_response(body)
 
     async def search(request: web.Request) -> web.Response:
-        if version == "shadow":
-            await asyncio.sleep(0.003)
+        await asyncio.sleep(0.008 if version == "shadow" else 0.005)
         q = request.query.get("q", "")
         return web.json_response({"q": q, "results": [f"{q}-{i}" for i in range(3)]})
 
@@ -131,16 +132,22 @@ async def _demo(count: int, sample: float, store_path: str) -> None:
         await proxy.wait()
         for runner in runners:
             await runner.cleanup()
+    cfg = load_config(None, {"shadow": "http://127.0.0.1:1"})
     with Store(store_path, create=False) as store:
-        found = findings(store.routes("demo"), store.divergence_rows("demo"), Noise())
+        doc, extras, verdict = document(store, "demo", cfg)
     print("what the shadow answered differently, by route:")
-    for route in found:
-        print(
-            f"  {route.route:<20} {route.exchanges:>4} compared, {route.matched:>4} matched, "
-            f"{route.divergent:>3} divergent"
-        )
-        for field in route.fields[:3]:
-            print(f"      {field.path} {field.kind} in {field.count}")
+    for route in doc["routes"]:
+        name, pairs, divergent = route["route"], route["pairs"], route["divergent"]
+        print(f"  {name:<20} {pairs:>4} compared, {divergent:>3} divergent")
+        for field in route["fields"][:3]:
+            print(f"      {field['path']} {field['kind']} in {field['count']}")
+    report = Path(store_path).with_suffix(".html")
+    report.write_text(render_html(doc, extras), encoding="utf-8")
+    print(f"verdict: {verdict.verdict}")
+    for check in verdict.checks:
+        if check.result != "PASS":
+            print(f"  {check.result:<12} {check.id:<16} {check.route}: {check.detail}")
+    print(f"HTML report: {report.resolve()}")
 
 
 def run_demo(count: int, sample: float, store_path: str) -> None:

@@ -756,3 +756,47 @@ def diff(a: Any, b: Any, rules: Rules = Rules()) -> list[Difference]:
     if _same(a, b):
         return []
     return _Walker().run(a, b, _automaton(rules).root)
+
+
+def mask(doc: Any, patterns: tuple[str, ...], replacement: Any) -> tuple[Any, bool]:
+    """`doc` with every value at a matching path replaced, and whether anything was; the same
+    patterns as `Rules.ignore` (redacting `$..password` in stored examples and reports).
+    Returns a copy only along changed branches; never raises; depth bounded like `diff`."""
+    root = _automaton(Rules(ignore=patterns)).root
+
+    def walk(node: Any, state: _State, depth: int) -> tuple[Any, bool]:
+        if depth >= MAX_DEPTH or not state.rules_below:
+            return node, False
+        if type(node) is dict:
+            items = [(k, state.key(k), v) for k, v in node.items()]
+        elif type(node) is list:
+            items = [(i, state.index(i), v) for i, v in enumerate(node)]
+        else:
+            return node, False
+        changed, out = False, []
+        for key, child, value in items:
+            if child.ignored:
+                new, hit = replacement, True
+            else:
+                new, hit = walk(value, child, depth + 1)
+            changed |= hit
+            out.append((key, new))
+        if not changed:
+            return node, False
+        return (dict(out) if type(node) is dict else [v for _, v in out]), True
+
+    return walk(doc, root, 0)
+
+
+def covered(path: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a reported path (`$.user.token`) lies at or under one of the patterns."""
+    try:
+        segments = _parse(path)
+    except ValueError:
+        return False
+    state = _automaton(Rules(ignore=patterns)).root
+    for kind, arg in segments:
+        if kind not in (_KEY, _INDEX):
+            return False
+        state = state.key(arg) if kind == _KEY else state.index(arg)
+    return state.ignored

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from shadowdiff.config import Noise
@@ -56,6 +56,7 @@ class Field:
     count: int
     noise_count: int
     noise: bool
+    accepted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +79,13 @@ Row = tuple[str, str, str, str, str, str | None, str, str]
 
 
 def findings(
-    routes: dict[str, dict[str, int]], rows: Iterable[Row], cfg: Noise
+    routes: dict[str, dict[str, int]],
+    rows: Iterable[Row],
+    cfg: Noise,
+    accepted: Callable[[str, str], bool] = lambda route, path: False,
 ) -> list[RouteFindings]:
-    """Per route: the fields with Diffy's noise rule applied, and the divergent exchanges."""
+    """Per route: the fields with Diffy's noise rule applied, and the divergent exchanges.
+    Fields `accepted(route, path)` says a release owner accepted are listed but not counted."""
     shadow: dict[tuple[str, str], set[str]] = {}
     secondary: dict[tuple[str, str], set[str]] = {}
     kinds: dict[tuple[str, str], Counter[str]] = {}
@@ -100,8 +105,9 @@ def findings(
             n = len(secondary.get((route, path), ()))
             noise = is_noise(len(keys), n, totals["exchanges"], cfg, totals["with_secondary"] > 0)
             kind = kinds[(route, path)].most_common(1)[0][0]
-            fields.append(Field(path, kind, len(keys), n, noise))
-            if not noise:
+            ok = accepted(route, path)
+            fields.append(Field(path, kind, len(keys), n, noise, ok))
+            if not (noise or ok):
                 divergent |= keys
         fields.sort(key=lambda f: (f.noise, -f.count, f.path))
         out.append(

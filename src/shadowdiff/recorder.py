@@ -1,4 +1,4 @@
-"""From completed exchanges to stored records: route, compare, keep examples, write.
+"""From completed exchanges to stored records: route, compare, redact, keep examples, write.
 
 Runs in the worker's store thread, so neither a comparison nor a slow disk holds up the copies
 on the worker's event loop. What it counts (recorded, compared, matched, ignored, divergent,
@@ -16,6 +16,7 @@ from shadowdiff.compare import Comparer, result_of
 from shadowdiff.config import Config
 from shadowdiff.exchange import Exchange
 from shadowdiff.noise import Reservoir
+from shadowdiff.redact import Redactor
 from shadowdiff.routes import OTHER, RouteTable, apply_merge
 from shadowdiff.store import Store
 
@@ -32,6 +33,7 @@ class Recorder:
         self.store = store
         self.routes = RouteTable(cfg.routes)
         self.comparer = Comparer(cfg.compare)
+        self.redactor = Redactor(cfg.redact)
         self.reservoirs: dict[tuple[str, str], Reservoir] = {}
         self.rng = random.Random()
         self.books: Counter[str] = Counter()
@@ -83,6 +85,7 @@ class Recorder:
                 x.secondary_diffs = self.comparer.compare(
                     x.primary, x.secondary, x.route, "secondary"
                 )
+            self.redactor.exchange(x)
             self.books["compared"] += 1
             self.books["route_overflow"] += x.route == OTHER
             self.books[result_of(x.shadow_diffs)] += 1

@@ -87,13 +87,8 @@ class StoreError(Exception):
     """The store cannot be used (unreadable, not a shadowdiff store, other schema version)."""
 
 
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-"""Request credentials: never written to disk; nothing downstream compares them."""
-
-
-def _headers_out(headers: Headers, redact: frozenset[str] = frozenset()) -> bytes:
-    pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
-    return orjson.dumps([[n, "[redacted]" if n.lower() in redact else v] for n, v in pairs])
+def _headers_out(headers: Headers) -> bytes:
+    return orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
 
 
 def _headers_in(blob: bytes | None) -> Headers:
@@ -181,7 +176,7 @@ class Store:
                 x.route,
                 x.request.method,
                 x.request.path,
-                _headers_out(x.request.headers, SECRET_HEADERS),
+                _headers_out(x.request.headers),
                 x.request.body,
                 *_side(x.primary),
                 *_side(x.shadow),
@@ -264,6 +259,29 @@ class Store:
         )
         names = ("exchanges", "with_secondary", "matched", "ignored", "divergent")
         return {route: dict(zip(names, map(int, rest), strict=True)) for route, *rest in rows}
+
+    def outcome_rows(
+        self, run: str
+    ) -> Iterator[
+        tuple[
+            str,
+            int | None,
+            str | None,
+            float | None,
+            int | None,
+            str | None,
+            float | None,
+            float | None,
+        ]
+    ]:
+        """(route, primary status, primary error, primary latency, shadow status, shadow error,
+        shadow latency, secondary latency) per exchange, in recording order."""
+        yield from self.db.execute(
+            "SELECT route, primary_status, primary_error, primary_latency, shadow_status,"
+            " shadow_error, shadow_latency, secondary_latency FROM exchanges WHERE run = ?"
+            " ORDER BY id",
+            (run,),
+        )
 
     def divergence_rows(
         self, run: str

@@ -1,0 +1,77 @@
+"""Redaction: header values, JSON paths at any depth, divergence values; nothing else touched."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+
+from shadowdiff.config import ConfigError, Redact, load_config
+from shadowdiff.exchange import Divergence, Exchange, Outcome, RequestSnapshot
+from shadowdiff.redact import MASK, Redactor
+
+JSON = [(b"Content-Type", b"application/json")]
+
+
+def test_headers_masked_case_insensitively():
+    r = Redactor(Redact(headers=["Authorization", "x-api-key"]))
+    assert r.headers([(b"authorization", b"Bearer s"), (b"X-API-Key", b"k"), (b"X-A", b"1")]) == [
+        (b"authorization", MASK.encode()),
+        (b"X-API-Key", MASK.encode()),
+        (b"X-A", b"1"),
+    ]
+
+
+def test_json_paths_masked_in_a_gzipped_body():
+    r = Redactor(Redact())
+    doc = {"user": {"password": "hunter2", "name": "a"}, "tokens": [{"token": "t1"}]}
+    headers = [*JSON, (b"Content-Encoding", b"gzip"), (b"Content-Length", b"99")]
+    kept, data = r.body(headers, gzip.compress(orjson.dumps(doc)))
+    assert orjson.loads(data) == {
+        "user": {"password": MASK, "name": "a"},
+        "tokens": [{"token": MASK}],
+    }
+    assert kept == JSON  # stored decoded now
+
+
+def test_bodies_without_secrets_are_left_as_they_are():
+    r = Redactor(Redact())
+    raw = gzip.compress(b'{"name": "a"}')
+    headers = [*JSON, (b"Content-Encoding", b"gzip")]
+    assert r.body(headers, raw) == (headers, raw)
+    assert r.body([(b"Content-Type", b"text/plain")], b"password=x") == (
+        [(b"Content-Type", b"text/plain")],
+        b"password=x",
+    )
+
+
+def test_divergence_values_hidden_at_secret_paths():
+    r = Redactor(Redact())
+    secret = Divergence("body:$.user.password", "changed", '"a"', '"b"')
+    assert r.divergence(secret) == Divergence("body:$.user.password", "changed", MASK, MASK)
+    cookie = Divergence("header:set-cookie", "changed", "sid", "other")
+    assert r.divergence(cookie).left == MASK
+    plain = Divergence("body:$.user.name", "changed", '"a"', '"b"')
+    assert r.divergence(plain) is plain
+
+
+def test_exchange_masked_in_place():
+    r = Redactor(Redact())
+    x = Exchange(
+        RequestSnapshot(
+            "f", "POST", "/login", [(b"Cookie", b"sid=1"), *JSON], b'{"password": "p"}', 0
+        ),
+        Outcome(200, [*JSON, (b"Set-Cookie", b"sid=2")], b'{"token": "t"}', 0.1),
+        Outcome(error="timeout"),
+        None,
+        "POST /login",
+    )
+    r.exchange(x)
+    assert b"sid=" not in repr(x).encode() and b'"p"' not in x.request.body
+    assert orjson.loads(x.primary.body) == {"token": MASK}
+
+
+def test_bad_path_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"redact.paths\[0\]: .*must start with"):
+        load_config(None, {"shadow": "http://a:1", "redact.paths": ["password"]})
