@@ -57,6 +57,16 @@ def test_half_open_probes_then_close():
     assert b.record(True) == CLOSED and b.allow()
 
 
+def test_ready_takes_no_probe_slot():
+    b, clock = breaker()
+    for _ in range(4):
+        b.record(False)
+    clock.now = 5.0
+    assert all(b.ready() for _ in range(10))  # asking is free
+    assert b.allow() and b.allow() and not b.allow()
+    assert not b.ready()
+
+
 def test_failed_probe_reopens():
     b, clock = breaker()
     for _ in range(4):

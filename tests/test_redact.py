@@ -72,6 +72,35 @@ def test_exchange_masked_in_place():
     assert orjson.loads(x.primary.body) == {"token": MASK}
 
 
+def test_forms_queries_and_json_as_text_are_masked():
+    r = Redactor(Redact())
+    form = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+    assert r.body(form, b"user=a&password=hunter2")[1] == b"user=a&password=%5Bredacted%5D"
+    text = [(b"Content-Type", b"text/plain")]
+    assert orjson.loads(r.body(text, b'{"token": "t"}')[1]) == {"token": MASK}
+    assert r.path("/login?user=a&access_token=s3") == "/login?user=a&access_token=%5Bredacted%5D"
+    assert r.path("/plain?x=1") == "/plain?x=1"
+
+
+def test_secrets_inside_a_changed_object_are_masked_in_the_excerpt(tmp_path):
+    from shadowdiff.compare import Comparer
+    from shadowdiff.config import Compare
+
+    r = Redactor(Redact())
+    comparer = Comparer(Compare(), mask=r.json)
+    a = Outcome(200, JSON, orjson.dumps({"user": {"name": "a", "password": "hunter2"}}))
+    b = Outcome(200, JSON, orjson.dumps({"user": "gone", "items": [{"token": "T1"}]}))
+    found = comparer.compare(a, b, "GET /x")
+    assert found and "hunter2" not in repr(found) and "T1" not in repr(found)
+
+
+def test_deep_secret_body_hides_whole_body():
+    r = Redactor(Redact())
+    deep = b'{"password": 1, "a": ' + b"[" * 600 + b"]" * 600 + b"}"
+    kept, data = r.body(JSON, deep)
+    assert b"password" not in data or data == MASK.encode()
+
+
 def test_bad_path_is_a_config_error():
     with pytest.raises(ConfigError, match=r"redact.paths\[0\]: .*must start with"):
         load_config(None, {"shadow": "http://a:1", "redact.paths": ["password"]})

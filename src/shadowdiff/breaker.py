@@ -28,15 +28,22 @@ class CircuitBreaker:
         self.probes_sent = 0
         self.probes_ok = 0
 
+    def ready(self) -> bool:
+        """Would `allow` let a copy through? Asks without taking a probe slot, so one target's
+        refusal never uses up another target's probes."""
+        if self.state == OPEN:
+            return self.clock() - self.opened_at >= self.cfg.cool_down
+        if self.state == HALF_OPEN:
+            return self.probes_sent < self.cfg.probes
+        return True
+
     def allow(self) -> bool:
         """May a copy be sent now? In half-open state this takes one of the probe slots."""
+        if not self.ready():
+            return False
         if self.state == OPEN:
-            if self.clock() - self.opened_at < self.cfg.cool_down:
-                return False
             self.state, self.probes_sent, self.probes_ok = HALF_OPEN, 0, 0
         if self.state == HALF_OPEN:
-            if self.probes_sent >= self.cfg.probes:
-                return False
             self.probes_sent += 1
         return True
 

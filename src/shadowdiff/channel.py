@@ -92,12 +92,15 @@ class Writer:
         self.buffer.clear()
         self.loop.remove_writer(self.sock)
 
-    def close(self, timeout: float) -> None:
-        """Flush what is buffered (blocking, bounded by `timeout`), then close. Shutdown only."""
+    def close(self, timeout: float, last: Any = None) -> None:
+        """Flush what is buffered and the `last` record, whatever the budget (blocking,
+        bounded by `timeout`), then close. Shutdown only."""
         self.loop.remove_writer(self.sock)
         self.loop.remove_reader(self.sock)
         if not self.ready.done():
             self.ready.set_result(False)
+        if last is not None and not self.broken:
+            self.buffer += frame(last)
         if self.buffer and not self.broken:
             self.sock.settimeout(timeout)
             with contextlib.suppress(OSError):

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -45,8 +46,8 @@ def excerpt(value: Any) -> str:
     else:
         try:
             text = orjson.dumps(value).decode()
-        except (TypeError, orjson.JSONEncodeError):
-            text = repr(value)
+        except Exception:  # noqa: BLE001 - too deep, a big int, not JSON: describe, never raise
+            text = f"({type(value).__name__} too deep or too odd to show)"
     return text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
 
 
@@ -63,8 +64,11 @@ class _Compiled:
 class Comparer:
     """Compares outcomes under the configured rules (global, plus per route)."""
 
-    def __init__(self, cfg: Compare) -> None:
+    def __init__(self, cfg: Compare, mask: Callable[[Any], Any] = lambda value: value) -> None:
+        """`mask` hides secrets inside the values a divergence shows (a changed object that
+        holds a password), since those excerpts are stored and reported."""
         self.cfg = cfg
+        self.mask = mask
         self.skip_headers = frozenset(h.lower() for h in cfg.ignored_headers)
         self.by_route: dict[str, _Compiled] = {}
 
@@ -196,7 +200,13 @@ class Comparer:
 
     def _json(self, left: Any, right: Any, rules: _Compiled) -> list[Divergence]:
         return [
-            Divergence(f"body:{d.path}", d.kind, excerpt(d.left), excerpt(d.right), d.rule)
+            Divergence(
+                f"body:{d.path}",
+                d.kind,
+                excerpt(self.mask(d.left)),
+                excerpt(self.mask(d.right)),
+                d.rule,
+            )
             for d in jsondiff.diff(left, right, rules.json)
         ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 from collections import Counter
 
 from shadowdiff.compare import Comparer, result_of
@@ -32,8 +33,8 @@ class Recorder:
         self.instance = instance
         self.store = store
         self.routes = RouteTable(cfg.routes)
-        self.comparer = Comparer(cfg.compare)
         self.redactor = Redactor(cfg.redact)
+        self.comparer = Comparer(cfg.compare, mask=self.redactor.json)
         self.reservoirs: dict[tuple[str, str], Reservoir] = {}
         self.rng = random.Random()
         self.books: Counter[str] = Counter()
@@ -43,8 +44,7 @@ class Recorder:
 
     def record(self, batch: list[Exchange], counts: dict[str, dict[str, int]]) -> None:
         """Analyses a batch and writes it with everything still unwritten; never raises."""
-        self.analyse(batch)
-        self.unwritten.extend(batch)
+        self.unwritten.extend(self.analyse(batch))
         books = self.books.copy()
         books["recorded"] += len(self.unwritten)  # true once this transaction commits
         try:
@@ -56,19 +56,30 @@ class Recorder:
                 self.merges,
                 self.examples,
             )
-        except Exception as e:  # noqa: BLE001 - a full disk, a lock, a vanished file: keep going
+        except sqlite3.OperationalError as e:  # a full disk, a lock, a vanished file: retry
             logger.error("cannot write to store %s: %s; will retry", self.store.path, e)
             lost = len(self.unwritten) - MAX_UNWRITTEN
             if lost > 0:
                 del self.unwritten[:lost]
                 self.books["dropped.store"] += lost
             return
+        except Exception:  # a batch the store can never take must not block the ones after it
+            logger.exception(
+                "store %s refused a batch; %d exchanges dropped",
+                self.store.path,
+                len(self.unwritten),
+            )
+            self.books["dropped.store"] += len(self.unwritten)
+            self.unwritten.clear()
+            return
         self.books["recorded"] += len(self.unwritten)
         self.unwritten.clear()
         self.merges.clear()
         self.examples.clear()
 
-    def analyse(self, batch: list[Exchange]) -> None:
+    def analyse(self, batch: list[Exchange]) -> list[Exchange]:
+        """Routes, compares and redacts; an exchange the comparison chokes on is dropped and
+        counted (`dropped.compare`), never allowed to stop the recording of the others."""
         for x in batch:
             x.route = self.routes.route(x.request.method, x.request.path)
         merges = self.routes.take_merges()
@@ -79,17 +90,26 @@ class Recorder:
                 k: r for k, r in self.reservoirs.items() if apply_merge(k[0], old, new) == k[0]
             }
         self.merges.extend(merges)
+        analysed = []
         for x in batch:
-            x.shadow_diffs = self.comparer.compare(x.primary, x.shadow, x.route)
-            if x.secondary is not None:
-                x.secondary_diffs = self.comparer.compare(
-                    x.primary, x.secondary, x.route, "secondary"
-                )
-            self.redactor.exchange(x)
+            try:
+                self.compare(x)
+            except Exception:
+                logger.exception("cannot compare %s %s; dropped", x.request.method, x.route)
+                self.books["dropped.compare"] += 1
+                continue
+            analysed.append(x)
             self.books["compared"] += 1
             self.books["route_overflow"] += x.route == OTHER
             self.books[result_of(x.shadow_diffs)] += 1
             self.keep_examples(x)
+        return analysed
+
+    def compare(self, x: Exchange) -> None:
+        x.shadow_diffs = self.comparer.compare(x.primary, x.shadow, x.route)
+        if x.secondary is not None:
+            x.secondary_diffs = self.comparer.compare(x.primary, x.secondary, x.route, "secondary")
+        self.redactor.exchange(x)
 
     def keep_examples(self, x: Exchange) -> None:
         """Offers the exchange as an example of each path where it really diverged."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -43,25 +44,57 @@ class Redactor:
         return jsondiff.mask(doc, self.paths, MASK)[0] if self.paths else doc
 
     def body(self, headers: Headers, data: bytes) -> tuple[Headers, bytes]:
-        """Headers and body with secrets masked; a masked body is stored decoded."""
+        """Headers and body with secrets masked; a masked body is stored decoded. JSON (also
+        served as text) and form bodies are masked by path, like the comparison reads them."""
         if not self.paths or not data:
             return headers, data
         parsed = bodies.read(headers, data)
-        if parsed.kind != bodies.JSON:
+        if self.needles is not None and not any(n.strip(b'"') in parsed.data for n in self.needles):
             return headers, data
-        if self.needles is not None and not any(n in parsed.data for n in self.needles):
+        if parsed.kind == bodies.FORM:
+            masked = self.query(parsed.data.decode("utf-8", "replace"))
+            return self._stored(
+                headers, masked.encode(), masked != parsed.data.decode("utf-8", "replace")
+            )
+        if parsed.kind not in (bodies.JSON, bodies.TEXT):
             return headers, data
         try:
             doc = orjson.loads(parsed.data)
         except orjson.JSONDecodeError:
             return headers, data
-        masked, changed = jsondiff.mask(doc, self.paths, MASK)
+        masked_doc, changed = jsondiff.mask(doc, self.paths, MASK)
+        try:
+            return self._stored(headers, orjson.dumps(masked_doc), changed)
+        except orjson.JSONEncodeError:  # deeper than orjson writes: hide the whole body
+            return self._stored(headers, MASK.encode(), True)
+
+    @staticmethod
+    def _stored(headers: Headers, data: bytes, changed: bool) -> tuple[Headers, bytes]:
         if not changed:
             return headers, data
-        kept = [
-            (n, v) for n, v in headers if n.lower() not in (b"content-encoding", b"content-length")
-        ]
-        return kept, orjson.dumps(masked)
+        skip = (b"content-encoding", b"content-length")
+        return [(n, v) for n, v in headers if n.lower() not in skip], data
+
+    def query(self, text: str) -> str:
+        """A query string or form body with the values of secret keys masked."""
+        pairs = parse_qsl(text, keep_blank_values=True)
+        form: dict[str, list[str]] = {}
+        for key, value in pairs:
+            form.setdefault(key, []).append(value)
+        masked, changed = jsondiff.mask(form, self.paths, MASK)
+        if not changed:
+            return text
+        return urlencode(
+            [
+                (k, v)
+                for k, values in masked.items()
+                for v in (values if isinstance(values, list) else [values])
+            ]
+        )
+
+    def path(self, path: str) -> str:
+        bare, sep, query = path.partition("?")
+        return bare + sep + self.query(query) if query else path
 
     def outcome(self, outcome: Outcome | None) -> Outcome | None:
         if outcome is None or outcome.error:
@@ -83,6 +116,7 @@ class Redactor:
         request = x.request
         headers, data = self.body(request.headers, request.body)
         request.headers, request.body = self.headers(headers), data
+        request.path = self.path(request.path)
         x.primary = self.outcome(x.primary) or x.primary
         x.shadow = self.outcome(x.shadow) or x.shadow
         x.secondary = self.outcome(x.secondary)

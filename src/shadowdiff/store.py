@@ -87,6 +87,11 @@ class StoreError(Exception):
     """The store cannot be used (unreadable, not a shadowdiff store, other schema version)."""
 
 
+def _clean(text: str) -> str:
+    """Text SQLite can store: a lone surrogate from a hostile body becomes its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _headers_out(headers: Headers) -> bytes:
     return orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
 
@@ -173,9 +178,9 @@ class Store:
                 instance,
                 x.request.flow_id,
                 x.request.timestamp,
-                x.route,
-                x.request.method,
-                x.request.path,
+                _clean(x.route),
+                _clean(x.request.method),
+                _clean(x.request.path),
                 _headers_out(x.request.headers),
                 x.request.body,
                 *_side(x.primary),
@@ -191,12 +196,12 @@ class Store:
                 run,
                 instance,
                 x.request.flow_id,
-                x.route,
+                _clean(x.route),
                 side,
-                d.path,
+                _clean(d.path),
                 d.kind,
-                d.left,
-                d.right,
+                _clean(d.left),
+                _clean(d.right),
                 d.rule,
             )
             for x in exchanges
@@ -213,7 +218,10 @@ class Store:
             )
             self.db.executemany(
                 "INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?)",
-                [(run, route, path, slot, instance, flow) for route, path, slot, flow in examples],
+                [
+                    (run, _clean(route), _clean(path), slot, instance, flow)
+                    for route, path, slot, flow in examples
+                ],
             )
             self.db.executemany(
                 "INSERT INTO counts VALUES (?, ?, ?, ?, ?)"
@@ -277,9 +285,12 @@ class Store:
         """(route, primary status, primary error, primary latency, shadow status, shadow error,
         shadow latency, secondary latency) per exchange, in recording order."""
         yield from self.db.execute(
-            "SELECT route, primary_status, primary_error, primary_latency, shadow_status,"
-            " shadow_error, shadow_latency, secondary_latency FROM exchanges WHERE run = ?"
-            " ORDER BY id",
+            # A failed side's time-to-failure is no latency: NULL, so it never skews a check.
+            "SELECT route, primary_status, primary_error,"
+            " CASE WHEN primary_error IS NULL THEN primary_latency END, shadow_status,"
+            " shadow_error, CASE WHEN shadow_error IS NULL THEN shadow_latency END,"
+            " CASE WHEN secondary_error IS NULL THEN secondary_latency END"
+            " FROM exchanges WHERE run = ? ORDER BY id",
             (run,),
         )
 

@@ -138,15 +138,14 @@ class ShadowDiff:
             self.ticker = None
         if self.writer is None or self.worker is None or self.cfg is None:
             return
-        self.counts["dropped.shutdown"] += len(self.pending)
-        self.pending.clear()
-        self._send_counts()
-        self.writer.close(timeout=2.0)
+        self.pending.clear()  # the worker counts what it holds without a primary result
+        self.writer.close(timeout=2.0, last=TapCounts(self.instance, dict(self.counts)))
         try:
             self.worker.wait(timeout=self.cfg.mirror.grace + 10.0)
         except subprocess.TimeoutExpired:
             logger.error("shadowdiff: worker did not stop in time; terminating it")
             self.worker.kill()
+            self.worker.wait(timeout=5.0)
         self.writer = None
         self.worker = None
 
@@ -193,6 +192,9 @@ class ShadowDiff:
         )
         if self._hand_off(snapshot):
             self.pending.add(flow.id)
+        else:
+            broken = self.writer is None or self.writer.broken
+            self.counts["dropped.worker_down" if broken else "dropped.backlog"] += 1
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.id not in self.pending or flow.response is None:
@@ -241,14 +243,12 @@ class ShadowDiff:
         return None
 
     def _hand_off(self, record: RequestSnapshot | PrimaryResult) -> bool:
-        """Never blocks: a record the channel cannot take now is dropped and counted."""
-        if self.writer is None or self.writer.broken:
-            self.counts["dropped.worker_down"] += 1
-            return False
-        if not self.writer.send(record):
-            self.counts["dropped.worker_down" if self.writer.broken else "dropped.backlog"] += 1
-            return False
-        return True
+        """Never blocks: says whether the channel took the record.
+
+        Who counts a failure: a snapshot refused here was never the worker's, so the tap
+        counts it; once a snapshot is taken, the worker owns its fate and counts a primary
+        result that never reaches it (`primary_lost`, or `shutdown`)."""
+        return self.writer is not None and self.writer.send(record)
 
 
 def _fixed(cfg: Config) -> dict[str, Any]:

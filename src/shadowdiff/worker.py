@@ -37,7 +37,8 @@ from shadowdiff.store import Store
 logger = logging.getLogger("shadowdiff.worker")
 
 PRIMARY_WAIT = 60.0
-"""How long a copy waits for the primary's result before it is let go (the tap counted it)."""
+"""How long a copy waits for the primary's result before it is let go and counted as
+`primary_lost`: bounds the memory that results lost on the way (backlog) can hold."""
 
 
 class Worker:
@@ -82,9 +83,11 @@ class Worker:
         if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
             self.drop("in_flight")
             return
-        if not all(breaker.allow() for breaker in self.breakers.values()):
+        if not all(breaker.ready() for breaker in self.breakers.values()):
             self.drop("circuit_open")
             return
+        for breaker in self.breakers.values():
+            breaker.allow()
         future: asyncio.Future[PrimaryResult] = asyncio.get_running_loop().create_future()
         self.primaries[request.flow_id] = future
         self.outstanding += 1
@@ -104,14 +107,16 @@ class Worker:
         try:
             outcomes = await self.copies(request)
         except asyncio.CancelledError:
-            if primary.done() and not primary.cancelled():
-                self.drop("shutdown")  # otherwise the tap never handed the primary over: it counted
+            self.drop("shutdown")
             raise
         try:
             result = await asyncio.wait_for(primary, PRIMARY_WAIT)
-        except (TimeoutError, asyncio.CancelledError):
-            # The tap never delivered the primary's result: it counted this one already.
+        except TimeoutError:  # the tap could not hand the primary's result over
             self.primaries.pop(request.flow_id, None)
+            self.drop("primary_lost")
+            return
+        except asyncio.CancelledError:  # shut down before the primary's result arrived
+            self.drop("shutdown")
             return
         if result.skip:
             self.drop(result.skip)
@@ -161,7 +166,10 @@ class Worker:
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.25)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the recorder never raises; this guards the guard
+                logger.exception("flushing to the store failed")
             if time.monotonic() - last_log >= self.cfg.log_interval:
                 last_log = time.monotonic()
                 logger.info("%s", summary_line(self.cfg.run, self.merged()))
@@ -175,8 +183,8 @@ class Worker:
     async def shutdown(self) -> None:
         """After the tap closed the channel: grace for copies in flight, cancel the rest, flush.
 
-        A primary result that has not arrived by now never will (the tap counted those), so
-        their exchanges are let go at once rather than held for the grace period.
+        A primary result that has not arrived by now never will, so those exchanges are
+        counted as dropped at shutdown at once rather than held for the grace period.
         """
         for future in self.primaries.values():
             future.cancel()
