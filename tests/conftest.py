@@ -19,6 +19,17 @@ from aiohttp import web
 from shadowdiff.demo import free_port, start, wait_listening
 
 
+def shadowdiff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs the command line as a user would, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "shadowdiff", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     """Runs an aiohttp app on a free loopback port; returns its runner and base URL."""
     port = free_port()

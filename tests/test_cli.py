@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from conftest import shadowdiff
 from shadowdiff.exchange import Divergence, Exchange, Outcome, RequestSnapshot
 from shadowdiff.store import Store
-
-
-def shadowdiff(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shadowdiff", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
 
 
 def test_help():

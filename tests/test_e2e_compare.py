@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import random
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,7 +12,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from conftest import serve_app
+from conftest import serve_app, shadowdiff
 from shadowdiff.config import Noise, load_config
 from shadowdiff.noise import RouteFindings, findings
 from shadowdiff.store import Store
@@ -132,18 +130,10 @@ async def test_volatile_fields_are_noise_when_the_secondary_shows_them(
     found = await run_traffic(start_proxy, client, tmp_path, volatile, volatile, run="alone")
     assert all(route.divergent == route.exchanges for route in found.values())
     # ... and the engine proposes ignore rules for them, ready to paste
-    suggested = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shadowdiff",
-            "suggest-ignores",
-            f"--store={tmp_path}/alone.db",
-            "--run=alone",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    suggested = shadowdiff(
+        "suggest-ignores",
+        f"--store={tmp_path}/alone.db",
+        "--run=alone",
     ).stdout
     rules = yaml.safe_load(suggested)["compare"]["routes"]
     assert {r["route"] for r in rules} == set(found)

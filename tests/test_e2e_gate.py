@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 
 import orjson
 from aiohttp import web
 
-from conftest import serve_app
+from conftest import serve_app, shadowdiff
 
 BASE_DELAY = 0.02
 
@@ -47,12 +45,7 @@ async def drive(client, base: str, count: int, concurrency: int = 10) -> None:
 
 
 def gate(store, *args: str) -> tuple[int, dict]:
-    done = subprocess.run(
-        [sys.executable, "-m", "shadowdiff", "gate", f"--store={store}", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = shadowdiff("gate", f"--store={store}", "--json", *args)
     assert done.returncode in (0, 1, 3), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -97,12 +90,7 @@ async def test_renamed_field_fails_naming_route_and_path(start_proxy, client):
     }
     users = next(r for r in doc["routes"] if r["route"] == "GET /users/{id}")
     assert {f["path"] for f in users["fields"]} == {"body:$.name", "body:$.full_name"}
-    text = subprocess.run(
-        [sys.executable, "-m", "shadowdiff", "gate", f"--store={proxy.store}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    text = shadowdiff("gate", f"--store={proxy.store}")
     assert text.returncode == 1 and "GET /users/{id}" in text.stdout
 
 
@@ -127,55 +115,25 @@ async def test_too_little_data_is_inconclusive(start_proxy, client, tmp_path):
     assert set(checks(doc, "min_sample").values()) == {"INCONCLUSIVE"}
     # the reports read the same run
     html = tmp_path / "r.html"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shadowdiff",
-            "report",
-            f"--store={proxy.store}",
-            "--format=html",
-            "-o",
-            str(html),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = shadowdiff(
+        "report",
+        f"--store={proxy.store}",
+        "--format=html",
+        "-o",
+        str(html),
     )
     assert done.returncode == 0, done.stderr
     assert "INCONCLUSIVE" in html.read_text()
-    md = subprocess.run(
-        [sys.executable, "-m", "shadowdiff", "report", f"--store={proxy.store}", "--format=md"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    md = shadowdiff("report", f"--store={proxy.store}", "--format=md").stdout
     assert "INCONCLUSIVE" in md
-    as_json = subprocess.run(
-        [sys.executable, "-m", "shadowdiff", "report", f"--store={proxy.store}", "--format=json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    as_json = shadowdiff("report", f"--store={proxy.store}", "--format=json").stdout
     assert orjson.loads(as_json)["verdict"] == "INCONCLUSIVE"
 
 
 def test_gate_bad_usage_is_exit_2(tmp_path):
-    missing = subprocess.run(
-        [sys.executable, "-m", "shadowdiff", "gate", f"--store={tmp_path / 'none.db'}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = shadowdiff("gate", f"--store={tmp_path / 'none.db'}")
     assert missing.returncode == 2 and "no such store" in missing.stderr
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"junk" * 1000)
-    broken = subprocess.run(
-        [sys.executable, "-m", "shadowdiff", "gate", f"--store={junk}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    broken = shadowdiff("gate", f"--store={junk}")
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
