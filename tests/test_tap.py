@@ -10,6 +10,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from conftest import Backend
 from shadowdiff.counts import imbalance
+from shadowdiff.exchange import ERROR_KINDS
 from shadowdiff.store import Store
 from shadowdiff.tap import ShadowDiff, primary_error_kind
 
@@ -95,6 +96,7 @@ def test_without_worker_every_sample_is_a_counted_drop():
 )
 def test_primary_error_kind(message, kind):
     assert primary_error_kind(message) == kind
+    assert kind in ERROR_KINDS
 
 
 async def test_hooks_feed_a_real_worker(tmp_path, shadow: Backend):
