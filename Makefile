@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean browser
+.PHONY: venv demo test lint bench clean system
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests addons bench
 	$(BIN)/mypy src
 
-# The report tests open the HTML report in Debian's headless chromium.
-browser:
-	@command -v chromium >/dev/null || { \
-	  echo "installing Debian's chromium for the report tests"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+# Real parts the tests use: Debian's headless chromium (report and dashboard) and nginx (the
+# fleet in front of two proxies), installed when missing.
+system:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
-test: lint browser
+test: lint system
 	$(BIN)/pytest --cov=shadowdiff --cov-report=term-missing:skip-covered -q
 
 bench: $(STAMP)
@@ -37,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/live_overhead.py
 	$(BIN)/python bench/tap_hooks.py
 	$(BIN)/python bench/compare_speed.py
+	$(BIN)/python bench/replay_speed.py
 
 clean:
 	rm -rf .venv .venv312 .pytest_cache .mypy_cache .ruff_cache .coverage* demo.db*

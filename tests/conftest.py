@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -117,10 +118,15 @@ class Proxy:
     port: int
     store: Path
     run: str
+    control_port: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def control(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
 
     async def stop(self, clean: bool = True) -> str:
         """SIGTERM, wait (serving the test's own services meanwhile), return what it printed.
@@ -144,7 +150,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
     started: list[Proxy] = []
 
     async def start(*flags: str, run: str = "test", config: str | None = None) -> Proxy:
-        port = free_port()
+        port, control_port = free_port(), free_port()
         store = tmp_path / f"{run}.db"
         args = [
             sys.executable,
@@ -154,6 +160,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
             f"--listen=127.0.0.1:{port}",
             f"--store={store}",
             f"--run={run}",
+            f"--control=127.0.0.1:{control_port}",
             *flags,
         ]
         if config:
@@ -165,7 +172,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        proxy = Proxy(process, port, store, run)
+        proxy = Proxy(process, port, store, run, control_port)
         started.append(proxy)
         try:
             await wait_listening(port, timeout=30)
@@ -184,3 +191,34 @@ def start_proxy(tmp_path: Path) -> Iterator:
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+class Receiver:
+    """A webhook receiver on loopback that keeps what it got."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> Receiver:
+        async def hook(request: web.Request) -> web.Response:
+            self.got.append(await request.json())
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        self.runner, base = await serve_app(app)
+        self.url = base + "/hook"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    started = await Receiver().start()
+    yield started
+    await started.stop()

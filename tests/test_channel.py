@@ -7,7 +7,7 @@ import socket
 import time
 
 from shadowdiff.channel import Reader, Writer
-from shadowdiff.exchange import RequestSnapshot
+from shadowdiff.exchange import Control, RequestSnapshot
 
 
 def snapshot(i: int, size: int = 10) -> RequestSnapshot:
@@ -66,4 +66,20 @@ async def test_greeting_says_the_worker_reads():
     writer = Writer(ours, budget=1024)
     theirs.close()  # died before greeting
     assert await asyncio.wait_for(writer.ready, 5) is False
+    writer.close(timeout=1)
+
+
+async def test_control_records_travel_back_to_the_tap():
+    ours, theirs = socket.socketpair()
+    got: list[object] = []
+    writer = Writer(ours, budget=1024, on_message=got.append)
+    reader = await Reader.open(theirs)
+    reader.greet()
+    for paused in (True, False, True):  # sent at once: they may arrive in one read
+        reader.send(Control(paused=paused, rate=0.5))
+    assert await asyncio.wait_for(writer.ready, 5) is True
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert got == [Control(True, 0.5), Control(False, 0.5), Control(True, 0.5)]
     writer.close(timeout=1)

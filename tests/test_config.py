@@ -118,3 +118,20 @@ def test_bad_flag_is_named_as_flag():
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError, match=r"nope.yaml: cannot read config: No such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_control_beyond_loopback_needs_a_token(monkeypatch):
+    from shadowdiff.config import access_token
+
+    monkeypatch.delenv("SHADOWDIFF_TOKEN", raising=False)
+    shadow = {"shadow": "http://a:1"}
+    assert access_token(load_config(None, shadow).control) is None
+    assert access_token(load_config(None, {**shadow, "control.listen": "[::1]:9"}).control) is None
+    assert load_config(None, {**shadow, "control.listen": "off"}).control.listen is None
+    wide = load_config(None, {**shadow, "control.listen": "0.0.0.0:9464"}).control
+    with pytest.raises(ConfigError, match="reachable beyond loopback; set control.token"):
+        access_token(wide)
+    monkeypatch.setenv("SHADOWDIFF_TOKEN", "t0k")
+    assert access_token(wide) == "t0k"
+    with pytest.raises(ConfigError, match="--control: 'nowhere' is not HOST:PORT"):
+        load_config(None, {**shadow, "control.listen": "nowhere"})

@@ -120,3 +120,25 @@ async def test_too_large_without_content_length():
         await mirror.close()
         await runner.cleanup()
     assert outcome.error == "too_large" and outcome.body == b""
+
+
+async def test_request_target_goes_out_byte_for_byte():
+    seen: list[str] = []
+
+    async def raw(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", raw)
+    runner, base = await serve_app(app)
+    mirror = Mirror(MirrorConfig())
+    targets = ['/a/../b?x=%7e&q="', "/<svg/onload=1>", "/caf%C3%A9?a=b+c"]
+    try:
+        for target in targets:
+            outcome = await mirror.send(base, RequestSnapshot("f", "GET", target, [], b"", 0.0))
+            assert outcome.status == 200, outcome
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    assert seen == targets

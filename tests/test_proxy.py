@@ -245,7 +245,10 @@ async def test_mitmdump_script_route_and_reload(primary, shadow, client, tmp_pat
     without losing a count (each tap instance keeps its own books in the store)."""
     config = tmp_path / "c.yaml"
     store = tmp_path / "m.db"
-    config.write_text(f"shadow: {shadow.url}\nstore: {store}\nrun: dump\nsampling:\n  rate: 1\n")
+    config.write_text(
+        f"shadow: {shadow.url}\nstore: {store}\nrun: dump\nsampling:\n  rate: 1\n"
+        f"control:\n  listen: 127.0.0.1:{free_port()}\n"
+    )
     port = free_port()
     shim = tmp_path / "shadowdiff.py"
     shim.write_text((Path(__file__).parent.parent / "addons" / "shadowdiff.py").read_text())

@@ -103,3 +103,16 @@ def test_rate_cap_in_sampler():
     s = sampler(rate=1, max_per_second=5)
     results = [s.decide("GET", "/", no_headers) for _ in range(50)]
     assert results.count(None) in (5, 6) and results.count("rate_cap") >= 44
+
+
+def test_pause_stops_everything_and_the_dial_overrides_every_rate():
+    s = sampler(rate=1, routes=[{"path": "/hot/*", "rate": 1.0}])
+    s.paused = True
+    assert {s.decide("GET", p, no_headers) for p in ("/", "/hot/1")} == {"paused"}
+    s.paused = False
+    s.dial = 0.0
+    assert {s.decide("GET", p, no_headers) for p in ("/", "/hot/1")} == {"rate"}
+    s.dial = 0.3
+    hits = sum(s.decide("GET", f"/hot/{i}", no_headers) is None for i in range(10_000))
+    assert 2800 <= hits <= 3200  # binomial sd 46
+    assert s.decide("POST", "/", no_headers) == "method"  # the dial never widens the rules

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from shadowdiff.exchange import Divergence, Exchange, Outcome, RequestSnapshot
+from shadowdiff.exchange import Divergence, Event, Exchange, Outcome, RequestSnapshot
 from shadowdiff.store import Store, StoreError
 
 
@@ -82,6 +82,23 @@ def test_other_schema_version_is_refused(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(
-        StoreError, match="store schema version 99, this shadowdiff reads version 2"
+        StoreError, match="store schema version 99, this shadowdiff reads version 3"
     ):
         Store(path)
+
+
+def test_version_2_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        store.write("r", "i", [], {"tap": {"seen": 3}})
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE events")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with Store(path, create=False) as store:
+        assert store.counts("r") == {"seen": 3}
+        store.write("r", "i", [], {}, events=[Event(1.0, "paused", "ops", "false", "true")])
+        assert store.events("r") == [Event(1.0, "paused", "ops", "false", "true")]
+    with Store(path) as store:  # and opens again at the new version
+        assert store.events("r")[0].actor == "ops"

@@ -4,7 +4,8 @@ A Unix socket pair carries length-prefixed pickled records. The writing side nev
 never awaits: it writes what the kernel takes at once, keeps the rest in a buffer drained by the
 event loop when the socket is writable, and refuses a record (the caller counts a drop) when
 that buffer would exceed its byte budget. Both ends are our own processes, so pickle is safe.
-The only byte that travels back is the worker's greeting: it is up and reading.
+What travels back is small and rare: the worker's one-byte greeting (it is up and reading),
+then framed control records (the kill switch and the sampling dial) for the tap to apply.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import pickle
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 _HEADER = struct.Struct("!I")
@@ -27,15 +29,22 @@ def frame(record: Any) -> bytes:
 class Writer:
     """Sends records without ever blocking the loop; `send` says whether the record was taken."""
 
-    def __init__(self, sock: socket.socket, budget: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        budget: int,
+        on_message: Callable[[Any], None] = lambda record: None,
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.budget = budget
         self.buffer = bytearray()
+        self.inbox = bytearray()
+        self.on_message = on_message
         self.broken = False
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[bool] = self.loop.create_future()
-        self.loop.add_reader(sock, self._greeted)
+        self.loop.add_reader(sock, self._readable)
 
     def send(self, record: Any) -> bool:
         if self.broken:
@@ -59,17 +68,31 @@ class Writer:
             self.loop.add_writer(self.sock, self._drain)
         return True
 
-    def _greeted(self) -> None:
-        """The worker's one-byte greeting; end of stream instead means it died first."""
+    def _readable(self) -> None:
+        """The greeting, then control records; end of stream before the greeting means the
+        worker died first."""
         try:
-            data = self.sock.recv(1)
+            data = self.sock.recv(65536)
         except BlockingIOError:
             return
         except OSError:
             data = b""
-        self.loop.remove_reader(self.sock)
+        if not data:
+            self.loop.remove_reader(self.sock)
+            if not self.ready.done():
+                self.ready.set_result(False)
+            return
         if not self.ready.done():
-            self.ready.set_result(bool(data))
+            self.ready.set_result(True)
+            data = data[1:]
+        self.inbox += data
+        while len(self.inbox) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self.inbox)
+            if len(self.inbox) < _HEADER.size + length:
+                break
+            payload = bytes(self.inbox[_HEADER.size : _HEADER.size + length])
+            del self.inbox[: _HEADER.size + length]
+            self.on_message(pickle.loads(payload))
 
     @property
     def backlog(self) -> int:
@@ -124,6 +147,11 @@ class Reader:
 
     def greet(self) -> None:
         self.writer.write(b"R")
+
+    def send(self, record: Any) -> None:
+        """A control record back to the tap (buffered by the stream, never awaited)."""
+        if not self.writer.is_closing():
+            self.writer.write(frame(record))
 
     async def read(self) -> Any | None:
         """The next record, or None at end of stream."""

@@ -1,4 +1,5 @@
-"""The command line: `shadowdiff proxy`, `summary`, `gate`, `report`, `suggest-ignores`, `demo`.
+"""The command line: `shadowdiff proxy`, `replay`, `ctl`, `summary`, `gate`, `report`,
+`suggest-ignores`, `demo`.
 
 Every usage or config error is one line on stderr with exit status 2, never a traceback.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import click
 import yaml
 
 from shadowdiff import __version__
-from shadowdiff.config import Config, ConfigError, load_config
+from shadowdiff.config import Config, ConfigError, access_token, load_config, parse_duration
 from shadowdiff.counts import by_reason, imbalance, summary_line
 from shadowdiff.noise import findings, suggest_ignores
 from shadowdiff.store import Store, StoreError
@@ -39,9 +42,25 @@ def cli() -> None:
 @click.option("--sample", help="Share of eligible requests to mirror, 0..1 [0.1].")
 @click.option("--store", help="SQLite store path [shadowdiff.db].")
 @click.option("--run", "run_name", help="Run name [default].")
+@click.option(
+    "--control", help="HOST:PORT of the control server and dashboard, or off [127.0.0.1:9464]."
+)
 @click.option("--config", "config_path", help="YAML config file; flags override it.")
-def proxy(config_path: str | None, **flags: Any) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Proxy processes (one per core) on ports --listen, --listen+1, … (and --control, "
+    "--control+1, …), sharing the store and the run; put configs/nginx.conf in front.",
+)
+def proxy(config_path: str | None, processes: int, **flags: Any) -> None:
     """Run the reverse proxy in front of the primary, mirroring to the shadow."""
+    shared = [
+        f"--{name.removesuffix('_name')}={value}"
+        for name, value in flags.items()
+        if value is not None and name not in ("listen", "control")
+    ] + ([f"--config={config_path}"] if config_path else [])
     sample = flags.pop("sample")
     if sample is not None:
         try:
@@ -49,14 +68,20 @@ def proxy(config_path: str | None, **flags: Any) -> None:
         except ValueError:
             raise UsageProblem(f"--sample: {sample!r} is not a number between 0 and 1") from None
     flags["run"] = flags.pop("run_name")
+    flags["control.listen"] = flags.pop("control")
     try:
         cfg = load_config(config_path, flags)
+        access_token(cfg.control)
     except ConfigError as e:
         raise UsageProblem(str(e)) from None
     if cfg.primary is None:
         raise UsageProblem("--primary: required (or set `primary` in the config file)")
     _logging(cfg.log_level)
     Store(cfg.store).close()  # refuse a bad store before taking traffic
+    if processes > 1:
+        from shadowdiff import fleet
+
+        sys.exit(fleet.run(shared, cfg.listen, cfg.control.listen, processes))
     from shadowdiff.proxy import StartupError, serve
 
     try:
@@ -67,6 +92,120 @@ def proxy(config_path: str | None, **flags: Any) -> None:
     with Store(cfg.store, create=False) as store:
         counts = store.counts(cfg.run)
     click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {cfg.store}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--primary", help="URL of the primary to send each request to as well.")
+@click.option("--shadow", help="URL of the candidate version.")
+@click.option("--secondary", help="URL of a second instance of the primary's version (noise).")
+@click.option("--store", help="SQLite store path [shadowdiff.db].")
+@click.option("--run", "run_name", help="Run name [default].")
+@click.option("--config", "config_path", help="YAML config file; flags override it.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Requests in flight at most [mirror.max_in_flight: 100].",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Requests started per second at most [no limit].",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Replay only the first N entries.")
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 1),
+    help="Sample the recording at this rate, with the config's rate cap [replay all the "
+    "sampling rules allow].",
+)
+@click.option("--timeout", help="Timeout of each request [mirror.timeout: 5s].")
+@click.option(
+    "--from-recorded-primary",
+    is_flag=True,
+    help="Compare with the recorded responses instead of calling a primary (latency not judged).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar (for CI logs).")
+@click.option(
+    "--gate", "then_gate", is_flag=True, help="Then judge the run; exit status as `gate`."
+)
+def replay(
+    files: tuple[str, ...],
+    config_path: str | None,
+    concurrency: int | None,
+    rate: float | None,
+    limit: int | None,
+    sample: float | None,
+    timeout: str | None,
+    from_recorded_primary: bool,
+    quiet: bool,
+    then_gate: bool,
+    **flags: Any,
+) -> None:
+    """Replay recorded traffic (mitmproxy flow files, HAR) to the primary and the shadow.
+
+    Exit status 0 (or the gate's with --gate), 2 bad usage or unreadable input, 130 stopped.
+    """
+    from shadowdiff.recording import RecordingError, read
+
+    if from_recorded_primary and flags["primary"]:
+        raise UsageProblem("--primary: not with --from-recorded-primary (the recording answers)")
+    flags["run"] = flags.pop("run_name")
+    flags["sampling.rate"] = sample
+    flags["mirror.max_in_flight"] = concurrency
+    if timeout is not None:
+        try:
+            flags["mirror.timeout"] = parse_duration(timeout)
+        except ValueError as e:
+            raise UsageProblem(f"--timeout: {e}") from None
+    try:
+        cfg = load_config(config_path, flags)
+    except ConfigError as e:
+        raise UsageProblem(str(e)) from None
+    primary = None if from_recorded_primary else cfg.primary
+    if not from_recorded_primary and primary is None:
+        raise UsageProblem("--primary: required (or --from-recorded-primary)")
+    _logging(cfg.log_level)
+    logging.getLogger("shadowdiff.worker").setLevel(logging.WARNING)  # progress says it all
+    Store(cfg.store).close()  # refuse a bad store before reading anything
+    try:
+        recording = read(list(files), need_response=from_recorded_primary)
+    except RecordingError as e:
+        raise UsageProblem(str(e)) from None
+    for warning in recording.warnings:
+        click.echo(f"shadowdiff: warning: {warning}", err=True)
+    recording.entries = recording.entries[:limit]
+    # A recording is a sample already: all of it unless --sample asks for less.
+    sampling = cfg.sampling
+    if sample is None:
+        sampling = sampling.model_copy(update={"rate": 1.0, "max_per_second": None})
+    from shadowdiff.replay import replay as run_replay  # the worker: slow to import
+
+    result = asyncio.run(
+        run_replay(
+            cfg,
+            recording,
+            sampling,
+            primary,
+            cfg.mirror.max_in_flight,
+            rate,
+            show_progress=not quiet and sys.stderr.isatty(),
+        )
+    )
+    pairs = result.counts.get("recorded", 0) / max(result.elapsed, 1e-9)
+    click.echo(
+        f"shadowdiff: replayed {result.counts.get('seen', 0)} of {len(recording.entries)} "
+        f"entries in {result.elapsed:.1f} s "
+        f"({pairs:.0f} pairs/s); {summary_line(cfg.run, result.counts)}; store {cfg.store}"
+    )
+    if recording.skipped:
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(recording.skipped.items()))
+        click.echo(f"shadowdiff: skipped {recording.skipped.total()} (cannot replay): {detail}")
+    if result.interrupted:
+        click.echo("shadowdiff: stopped early; everything recorded so far is kept", err=True)
+        sys.exit(130)
+    if then_gate:
+        sys.exit(_judge(cfg.store, cfg.run, cfg, as_json=False))
 
 
 def _runs(store: Store, store_path: str, run_name: str | None) -> list[str]:
@@ -145,9 +284,13 @@ EXIT = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict document as JSON.")
 def gate(store_path: str, run_name: str | None, config_path: str | None, as_json: bool) -> None:
     """Judge a run: exit 0 PASS, 1 FAIL, 3 INCONCLUSIVE (2: bad usage or unreadable store)."""
+    sys.exit(_judge(store_path, run_name, _config(config_path), as_json))
+
+
+def _judge(store_path: str, run_name: str | None, cfg: Config, as_json: bool) -> int:
+    """Prints a run's verdict as `gate` does (also after `replay --gate`); its exit status."""
     from shadowdiff.evidence import document
 
-    cfg = _config(config_path)
     with Store(store_path, create=False) as store:
         run = _one_run(store, store_path, run_name)
         doc, _, verdict = document(store, run, cfg)
@@ -163,7 +306,9 @@ def gate(store_path: str, run_name: str | None, config_path: str | None, as_json
         shown = [c for c in verdict.checks if c.result != "PASS"]
         for c in shown:
             click.echo(f"  {c.result:<12} {c.id:<16} {c.route}: {c.detail}")
-    sys.exit(EXIT[verdict.verdict])
+        for problem in doc["accounting"]:
+            click.echo(f"  accounting: {problem}")
+    return EXIT[verdict.verdict]
 
 
 @cli.command()
@@ -215,6 +360,98 @@ def demo(count: int, sample: float, store_path: str) -> None:
     run_demo(count, sample, store_path)
 
 
+class Unreachable(Exception):
+    """The control server did not answer; printed as one line, exit status 1."""
+
+
+@cli.group()
+@click.option(
+    "--url",
+    envvar="SHADOWDIFF_URL",
+    default="http://127.0.0.1:9464",
+    show_default=True,
+    help="The proxy's control server [env SHADOWDIFF_URL].",
+)
+@click.option("--token", envvar="SHADOWDIFF_TOKEN", help="Bearer token [env SHADOWDIFF_TOKEN].")
+@click.pass_context
+def ctl(ctx: click.Context, url: str, token: str | None) -> None:
+    """Control a running proxy: pause or resume mirroring, turn the dial, show its status."""
+    ctx.obj = (url.rstrip("/"), token)
+
+
+def _call(ctx: click.Context, method: str, path: str, body: bytes | None = None) -> Any:
+    """One request to the control server; its JSON answer, or a one-line error."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url, token = ctx.obj
+    actor = f"{os.environ.get('USER', 'someone')}@{socket.gethostname()} (shadowdiff ctl)"
+    headers = {"X-Shadowdiff-Actor": actor, "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url + path, body, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            reason = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            reason = e.reason
+        raise Unreachable(f"{method} {url}{path}: {e.code} {reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise Unreachable(f"cannot reach the control server at {url}: {reason}") from None
+
+
+def _state_line(state: dict[str, Any]) -> str:
+    if state["paused"]:
+        return "mirroring PAUSED"
+    dial = "" if state["dial"] is None else f" (dial; config {state['config_rate']:.0%})"
+    return f"mirroring {state['rate']:.1%}{dial}"
+
+
+@ctl.command("pause")
+@click.pass_context
+def ctl_pause(ctx: click.Context) -> None:
+    """Stop mirroring now (live traffic is untouched)."""
+    click.echo(_state_line(_call(ctx, "POST", "/mirror/pause")))
+
+
+@ctl.command("resume")
+@click.pass_context
+def ctl_resume(ctx: click.Context) -> None:
+    """Mirror again, at the rate set before the pause."""
+    click.echo(_state_line(_call(ctx, "POST", "/mirror/resume")))
+
+
+@ctl.command("rate")
+@click.argument("rate", type=click.FloatRange(0.0, 1.0))
+@click.pass_context
+def ctl_rate(ctx: click.Context, rate: float) -> None:
+    """Set the share of eligible requests mirrored, 0..1 (overrides every configured rate)."""
+    click.echo(_state_line(_call(ctx, "PUT", "/mirror/sample-rate", str(rate).encode())))
+
+
+@ctl.command("status")
+@click.pass_context
+def ctl_status(ctx: click.Context) -> None:
+    """Show the switch, the dial, the counts, health and the live verdict."""
+    status = _call(ctx, "GET", "/api/status")
+    click.echo(f"{_state_line(status)}; instance {status['instance']}")
+    click.echo(summary_line(status["run"], status["counts"]))
+    health = status["health"]
+    for part in ("proxy", "worker", "store"):
+        mark = "ok" if health[part]["ok"] else "FAILING"
+        click.echo(f"  {part:<7} {mark:<8} {health[part]['detail']}")
+    verdict = _call(ctx, "GET", "/verdict")
+    click.echo(f"verdict: {verdict['verdict']}")
+    for c in verdict.get("checks", []):
+        if c["result"] != "PASS":
+            click.echo(f"  {c['result']:<12} {c['id']:<16} {c['route']}: {c['detail']}")
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         format="%(asctime)s %(name)s %(levelname)s %(message)s", level=level.upper(), force=True
@@ -242,3 +479,6 @@ def main() -> None:
     except (UsageProblem, StoreError) as e:
         click.echo(f"shadowdiff: error: {e}", err=True)
         sys.exit(2)
+    except Unreachable as e:
+        click.echo(f"shadowdiff: error: {e}", err=True)
+        sys.exit(1)

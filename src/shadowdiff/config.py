@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -305,6 +307,74 @@ class Redact(Strict):
     ]
 
 
+def parse_control_listen(value: Any) -> str | None:
+    """`HOST:PORT`, a bare port, or `off` (no control server)."""
+    if value is None or str(value).strip().lower() in ("off", "none", ""):
+        return None
+    return parse_listen(value)
+
+
+class Control(Strict):
+    """The live control server (metrics, verdict, kill switch, dashboard) in the worker.
+
+    Mutating endpoints need a bearer token (`token`, or the environment variable named by
+    `token_env`) unless the server listens on loopback only.
+    """
+
+    listen: Annotated[str | None, BeforeValidator(parse_control_listen)] = "127.0.0.1:9464"
+    token: str | None = None
+    token_env: str = "SHADOWDIFF_TOKEN"
+    verdict_every: Duration = 5.0
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def access_token(control: Control) -> str | None:
+    """The bearer token the mutating control endpoints require (None: loopback, no token).
+
+    A control server reachable beyond loopback without a token is refused outright.
+    """
+    token = control.token or os.environ.get(control.token_env) or None
+    if token is None and control.listen and not _loopback(control.listen.rpartition(":")[0]):
+        raise ConfigError(
+            f"control.listen: {control.listen} is reachable beyond loopback; set control.token "
+            f"or the environment variable {control.token_env} (the kill switch needs a token)"
+        )
+    return token
+
+
+class Webhook(Strict):
+    """Where alerts go: Slack-compatible JSON (`text` and blocks) or a generic JSON event."""
+
+    url: Url
+    format: Literal["slack", "generic"] = "slack"
+
+
+class AutoPause(Strict):
+    """Pause mirroring on its own when the shadow fails too often or copies pile up."""
+
+    shadow_error_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    window: Annotated[int, Field(ge=1)] = 200
+    backlog: Annotated[int, Field(ge=1)] | None = None
+
+
+class Alerts(Strict):
+    webhooks: list[Webhook] = []
+    debounce: Duration = 300.0
+    retries: Annotated[int, Field(ge=0)] = 3
+    timeout: Duration = 5.0
+    max_queue: Annotated[int, Field(ge=1)] = 100
+    auto_pause: AutoPause = AutoPause()
+
+
 class Config(Strict):
     run: str = "default"
     primary: Url | None = None
@@ -321,6 +391,8 @@ class Config(Strict):
     noise: Noise = Noise()
     judge: Judge = Judge()
     redact: Redact = Redact()
+    control: Control = Control()
+    alerts: Alerts = Alerts()
 
     @field_validator("run")
     @classmethod
@@ -385,6 +457,7 @@ FLAG_KEYS = {
     "sampling.rate": "--sample",
     "store": "--store",
     "run": "--run",
+    "control.listen": "--control",
 }
 """Which command-line flag sets which key, so a bad flag is named as the flag."""
 

@@ -10,6 +10,10 @@ can simply add them up.
 
 from __future__ import annotations
 
+RECORDED_PRIMARY = "replay.recorded_primary"
+"""Counter of exchanges whose primary side is a recorded response (`replay
+--from-recorded-primary`): their timings come from another time and place."""
+
 
 def total(counts: dict[str, int], prefix: str) -> int:
     """The sum of every counter named `prefix.*`."""

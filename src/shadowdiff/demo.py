@@ -114,6 +114,7 @@ async def _demo(count: int, sample: float, store_path: str) -> None:
         f"--primary=http://127.0.0.1:{primary_port}",
         f"--shadow=http://127.0.0.1:{shadow_port}",
         f"--listen=127.0.0.1:{proxy_port}",
+        f"--control=127.0.0.1:{free_port()}",
         f"--sample={sample}",
         f"--store={store_path}",
         "--run=demo",

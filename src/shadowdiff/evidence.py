@@ -19,7 +19,7 @@ import orjson
 from shadowdiff import __version__, jsondiff
 from shadowdiff import body as bodies
 from shadowdiff.config import Config
-from shadowdiff.counts import by_reason
+from shadowdiff.counts import RECORDED_PRIMARY, by_reason, imbalance
 from shadowdiff.exchange import Exchange, Outcome
 from shadowdiff.judge import JudgeConfig, RouteData, Verdict, judge
 from shadowdiff.noise import RouteFindings, findings
@@ -72,10 +72,13 @@ def _percentiles(values: np.ndarray) -> dict[str, float] | None:
 
 
 def gather(
-    store: Store, run: str, cfg: Config
+    store: Store, run: str, cfg: Config, only: str | None = None
 ) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]]]:
-    """Findings per route, the judge's inputs, and latency samples per route and side."""
+    """Findings per route, the judge's inputs, and latency samples per route and side
+    (of route `only`, if given)."""
     found = findings(store.routes(run), store.divergence_rows(run), cfg.noise, _accepted(cfg))
+    if only is not None:
+        found = [f for f in found if f.route == only]
     rows: dict[str, list[tuple[Any, ...]]] = {}
     for row in store.outcome_rows(run):
         rows.setdefault(row[0], []).append(row[1:])
@@ -108,6 +111,17 @@ def gather(
     return found, data, latencies
 
 
+def latency_note(counts: dict[str, int]) -> str:
+    """Why the run's timings cannot be compared, if they cannot."""
+    recorded = counts.get(RECORDED_PRIMARY, 0)
+    if not recorded:
+        return ""
+    return (
+        f"{recorded} exchanges replayed against the recorded primary responses: "
+        "their latencies were measured elsewhere, so timings are not compared"
+    )
+
+
 def judge_config(cfg: Config) -> JudgeConfig:
     j = cfg.judge
     return JudgeConfig(
@@ -122,10 +136,14 @@ def judge_config(cfg: Config) -> JudgeConfig:
     )
 
 
-def document(store: Store, run: str, cfg: Config) -> tuple[dict[str, Any], dict[str, Any], Verdict]:
-    """The verdict document, the report extras, and the verdict itself."""
-    found, data, latencies = gather(store, run, cfg)
-    verdict = judge(data, judge_config(cfg))
+def document(
+    store: Store, run: str, cfg: Config, only: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any], Verdict]:
+    """The verdict document, the report extras, and the verdict itself (of route `only`,
+    if given: the judge then sees that route alone)."""
+    found, data, latencies = gather(store, run, cfg, only)
+    counts = store.counts(run)
+    verdict = judge(data, judge_config(cfg), latency_note(counts))
     latency_checks = {c.route: c for c in verdict.checks if c.id == "latency"}
     routes = []
     for route, inputs in zip(found, data, strict=True):
@@ -162,7 +180,6 @@ def document(store: Store, run: str, cfg: Config) -> tuple[dict[str, Any], dict[
                 },
             }
         )
-    counts = store.counts(run)
     doc = {
         "verdict": verdict.verdict,
         "checks": [{**asdict(c), "ci": list(c.ci) if c.ci else None} for c in verdict.checks],
@@ -176,6 +193,11 @@ def document(store: Store, run: str, cfg: Config) -> tuple[dict[str, Any], dict[
             "dropped": by_reason(counts, "dropped"),
             "shadow_errors": by_reason(counts, "shadow_error"),
         },
+        "accounting": [
+            f"instance {instance}: {problem}"
+            for instance, named in store.instance_counts(run).items()
+            for problem in imbalance(named)
+        ],
         "run": run,
         "config_sha256": config_sha256(cfg),
         "tool_version": __version__,
@@ -203,10 +225,17 @@ def examples(
         for field in route.fields:
             if field.noise:
                 continue
-            shown = [_example(x, redactor) for x in store.examples(run, route.route, field.path)]
+            shown = shown_examples(store, run, route.route, field.path, redactor)
             if shown:
-                out.setdefault(route.route, {})[field.path] = shown[:EXAMPLES_SHOWN]
+                out.setdefault(route.route, {})[field.path] = shown
     return out
+
+
+def shown_examples(
+    store: Store, run: str, route: str, path: str, redactor: Redactor
+) -> list[dict[str, Any]]:
+    """Up to EXAMPLES_SHOWN example exchanges of one (route, path), redacted again."""
+    return [_example(x, redactor) for x in store.examples(run, route, path)[:EXAMPLES_SHOWN]]
 
 
 def _text(data: bytes) -> str:

@@ -92,8 +92,29 @@ class Exchange:
 
 
 @dataclass(frozen=True, slots=True)
+class Control:
+    """Worker → tap: the kill switch and the dial. `rate` None: the config's rates apply."""
+
+    paused: bool
+    rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something an operator (or the automatic kill switch) did, kept in the store."""
+
+    ts: float
+    kind: str
+    actor: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
 class Setup:
-    """The first record on the channel: what the worker needs to know."""
+    """The first record on the channel: what the worker needs to know, including the
+    switch and dial a restarted worker must keep."""
 
     config: Config
     instance: str
+    control: Control = Control(paused=False, rate=None)

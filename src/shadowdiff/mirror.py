@@ -11,6 +11,7 @@ import asyncio
 import time
 
 import aiohttp
+from yarl import URL
 
 from shadowdiff.config import SHADOW_MARKER
 from shadowdiff.config import Mirror as MirrorConfig
@@ -93,7 +94,9 @@ class Mirror:
         try:
             async with self.session.request(
                 request.method,
-                base + request.path,
+                # encoded: the request target goes out byte for byte as the client sent it,
+                # never re-quoted or normalised (`/a/../b`, `%7e`, a raw `<` stay as they are)
+                URL(base + request.path, encoded=True),
                 headers=copy_headers(request.headers, self.cfg),
                 data=request.body or None,
                 allow_redirects=False,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from shadowdiff.compare import Comparer, result_of
 from shadowdiff.config import Config
-from shadowdiff.exchange import Exchange
+from shadowdiff.exchange import Event, Exchange
 from shadowdiff.noise import Reservoir
 from shadowdiff.redact import Redactor
 from shadowdiff.routes import OTHER, RouteTable, apply_merge
@@ -28,7 +30,15 @@ MAX_UNWRITTEN = 50_000
 
 
 class Recorder:
-    def __init__(self, cfg: Config, instance: str, store: Store) -> None:
+    """`on_written` sees every batch once it is committed (the live metrics observe it)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        instance: str,
+        store: Store,
+        on_written: Callable[[list[Exchange]], None] = lambda batch: None,
+    ) -> None:
         self.cfg = cfg
         self.instance = instance
         self.store = store
@@ -41,10 +51,20 @@ class Recorder:
         self.unwritten: list[Exchange] = []
         self.merges: list[tuple[str, str]] = []
         self.examples: list[tuple[str, str, int, str]] = []
+        self.events: list[Event] = []
+        self.on_written = on_written
+        self.last_write = time.monotonic()
+        self.last_error: str | None = None
 
-    def record(self, batch: list[Exchange], counts: dict[str, dict[str, int]]) -> None:
+    def record(
+        self,
+        batch: list[Exchange],
+        counts: dict[str, dict[str, int]],
+        events: list[Event] | None = None,
+    ) -> None:
         """Analyses a batch and writes it with everything still unwritten; never raises."""
         self.unwritten.extend(self.analyse(batch))
+        self.events.extend(events or ())
         books = self.books.copy()
         books["recorded"] += len(self.unwritten)  # true once this transaction commits
         try:
@@ -55,9 +75,11 @@ class Recorder:
                 {**counts, "store": dict(books)},
                 self.merges,
                 self.examples,
+                self.events,
             )
         except sqlite3.OperationalError as e:  # a full disk, a lock, a vanished file: retry
             logger.error("cannot write to store %s: %s; will retry", self.store.path, e)
+            self.last_error = str(e)
             lost = len(self.unwritten) - MAX_UNWRITTEN
             if lost > 0:
                 del self.unwritten[:lost]
@@ -73,9 +95,15 @@ class Recorder:
             self.unwritten.clear()
             return
         self.books["recorded"] += len(self.unwritten)
-        self.unwritten.clear()
+        self.last_write, self.last_error = time.monotonic(), None
+        written, self.unwritten = self.unwritten, []
         self.merges.clear()
         self.examples.clear()
+        self.events.clear()
+        try:
+            self.on_written(written)
+        except Exception:  # a face must never stop the recording
+            logger.exception("observing a written batch failed")
 
     def analyse(self, batch: list[Exchange]) -> list[Exchange]:
         """Routes, compares and redacts; an exchange the comparison chokes on is dropped and

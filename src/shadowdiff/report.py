@@ -87,6 +87,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "",
         "Counts: " + md_escape(_counts_line(doc.get("counts", {}))),
         "",
+        *[f"Accounting: {md_escape(problem)}" for problem in doc.get("accounting", [])],
+        *([""] if doc.get("accounting") else []),
         "### Checks not passing",
         "",
     ]

@@ -62,7 +62,11 @@ class RateCap:
 
 
 class Sampler:
-    """Decides per request; returns None to mirror, or the reason not to (a counter name)."""
+    """Decides per request; returns None to mirror, or the reason not to (a counter name).
+
+    `paused` (the kill switch) stops all mirroring; `dial`, when set, replaces every
+    configured rate, per-route ones included, so turning it down always turns mirroring down.
+    """
 
     def __init__(self, cfg: Sampling, rng: random.Random | None = None) -> None:
         self.rate = cfg.rate
@@ -80,9 +84,13 @@ class Sampler:
         self.sticky = cfg.sticky_key.split(":", 1) if cfg.sticky_key else None
         self.cap = RateCap(cfg.max_per_second) if cfg.max_per_second else None
         self.random = (rng or random.Random()).random
+        self.paused = False
+        self.dial: float | None = None
 
     def decide(self, method: str, path: str, header: Lookup) -> str | None:
         """`None` means mirror it; otherwise the `not_sampled` reason."""
+        if self.paused:
+            return "paused"
         bare, _, query = path.partition("?")
         rule = next((r for r in self.rules if r.path.match(bare)), None)
         methods = rule.methods if rule and rule.methods is not None else self.methods
@@ -93,6 +101,8 @@ class Sampler:
         if self.exclude and self.exclude.match(bare):
             return "path"
         rate = rule.rate if rule and rule.rate is not None else self.rate
+        if self.dial is not None:
+            rate = self.dial
         key = self._sticky_value(query, header) if self.sticky else None
         draw = sticky_fraction(key) if key is not None else self.random()
         if draw >= rate:

@@ -14,10 +14,12 @@ from pathlib import Path
 import orjson
 
 from shadowdiff.compare import result_of
-from shadowdiff.exchange import Divergence, Exchange, Headers, Outcome, RequestSnapshot
+from shadowdiff.exchange import Divergence, Event, Exchange, Headers, Outcome, RequestSnapshot
 from shadowdiff.routes import apply_merge
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+MIGRATES_FROM = ("2",)
+"""Older versions this one upgrades in place: version 3 only adds the events table."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +74,15 @@ CREATE TABLE IF NOT EXISTS counts (
     name TEXT NOT NULL,
     value INTEGER NOT NULL,
     PRIMARY KEY (run, instance, source, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    old_value TEXT NOT NULL,
+    new_value TEXT NOT NULL
 );
 """
 
@@ -145,6 +156,13 @@ class Store:
             return
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         version = row[0] if row else "unknown"
+        if version in MIGRATES_FROM:
+            with self.db:  # every statement of the schema is idempotent
+                self.db.executescript(_SCHEMA)
+                self.db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+            return
         if version != str(SCHEMA_VERSION):
             raise StoreError(
                 f"{self.path}: store schema version {version}, this shadowdiff reads version "
@@ -168,10 +186,11 @@ class Store:
         counts: dict[str, dict[str, int]],
         merges: Iterable[tuple[str, str]] = (),
         examples: Iterable[tuple[str, str, int, str]] = (),
+        events: Iterable[Event] = (),
     ) -> None:
         """Records a batch in one transaction: exchanges with their divergences, the latest
-        cumulative counters, route merges (old prefix → new), and example slots
-        (route, path, slot, flow_id) pointing at exchanges of this instance."""
+        cumulative counters, route merges (old prefix → new), example slots
+        (route, path, slot, flow_id) pointing at exchanges of this instance, and events."""
         rows = [
             (
                 run,
@@ -224,6 +243,10 @@ class Store:
                 ],
             )
             self.db.executemany(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run, instance, e.ts, e.kind, _clean(e.actor), e.old, e.new) for e in events],
+            )
+            self.db.executemany(
                 "INSERT INTO counts VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (run, instance, source, name) DO UPDATE SET value = excluded.value",
                 [
@@ -255,6 +278,19 @@ class Store:
             "SELECT name, SUM(value) FROM counts WHERE run = ? GROUP BY name ORDER BY name", (run,)
         )
         return {name: int(value) for name, value in rows}
+
+    def instance_counts(self, run: str) -> dict[str, dict[str, int]]:
+        """Counters per instance (one proxy process, one tap object): each one's books must
+        balance on their own; one that stopped without its last counts shows here."""
+        rows = self.db.execute(
+            "SELECT instance, name, SUM(value) FROM counts WHERE run = ?"
+            " GROUP BY instance, name ORDER BY instance, name",
+            (run,),
+        )
+        out: dict[str, dict[str, int]] = {}
+        for instance, name, value in rows:
+            out.setdefault(instance, {})[name] = int(value)
+        return out
 
     def routes(self, run: str) -> dict[str, dict[str, int]]:
         """Per route: exchanges, with a secondary, and the shadow's matched / ignored /
@@ -304,6 +340,25 @@ class Store:
             (run,),
         )
         yield from rows
+
+    def events(self, run: str) -> list[Event]:
+        """What operators (and the automatic kill switch) did during the run, oldest first."""
+        rows = self.db.execute(
+            "SELECT ts, kind, actor, old_value, new_value FROM events WHERE run = ?"
+            " ORDER BY ts, rowid",
+            (run,),
+        )
+        return [Event(*row) for row in rows]
+
+    def recent_divergences(self, run: str, limit: int) -> list[tuple[str, str, str, str, str]]:
+        """(route, path, kind, primary's value, shadow's value) of the latest real divergences
+        of the shadow, newest first."""
+        rows = self.db.execute(
+            "SELECT route, path, kind, left_value, right_value FROM divergences"
+            " WHERE run = ? AND side = 'shadow' AND rule IS NULL ORDER BY rowid DESC LIMIT ?",
+            (run, limit),
+        )
+        return list(rows)
 
     def examples(self, run: str, route: str, path: str) -> list[Exchange]:
         """The sampled example exchanges kept for one (route, path)."""

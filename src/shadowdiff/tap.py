@@ -20,8 +20,8 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from shadowdiff.channel import Writer
-from shadowdiff.config import SHADOW_MARKER, Config, ConfigError, load_config
-from shadowdiff.exchange import Outcome, PrimaryResult, RequestSnapshot, Setup, TapCounts
+from shadowdiff.config import SHADOW_MARKER, Config, ConfigError, access_token, load_config
+from shadowdiff.exchange import Control, Outcome, PrimaryResult, RequestSnapshot, Setup, TapCounts
 from shadowdiff.sampling import Sampler
 
 logger = logging.getLogger("shadowdiff.tap")
@@ -35,6 +35,7 @@ _OPTIONS = {
     "shadowdiff_sample": "sampling.rate",
     "shadowdiff_run": "run",
     "shadowdiff_store": "store",
+    "shadowdiff_control": "control.listen",
 }
 
 
@@ -64,6 +65,7 @@ class ShadowDiff:
         self.writer: Writer | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.ticker: asyncio.TimerHandle | None = None
+        self.control = Control(paused=False, rate=None)
 
     # -- options ---------------------------------------------------------------------------
 
@@ -86,6 +88,12 @@ class ShadowDiff:
         )
         loader.add_option("shadowdiff_run", str | None, None, "Run name (overrides the file).")
         loader.add_option("shadowdiff_store", str | None, None, "Store path (overrides the file).")
+        loader.add_option(
+            "shadowdiff_control",
+            str | None,
+            None,
+            "HOST:PORT of the control server (metrics, verdict, kill switch), or off.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if not updated & ({"shadowdiff_config"} | set(_OPTIONS)):
@@ -99,12 +107,14 @@ class ShadowDiff:
         base = self.preset.model_dump() if self.preset else None
         try:
             cfg = load_config(path, overrides, base=None if path else base)
+            access_token(cfg.control)
         except ConfigError as e:
             raise exceptions.OptionsError(f"shadowdiff: {e}") from None
         if self.worker is not None and self.cfg is not None and _fixed(cfg) != _fixed(self.cfg):
             logger.warning("shadowdiff: only sampling changes apply at once; the rest on restart")
         self.cfg = cfg
         self.sampler = Sampler(cfg.sampling)
+        self._apply(self.control)  # the switch and the dial outlive a config reload
 
     # -- lifecycle (sync, so a reloaded script restarts its worker cleanly) ---------------
 
@@ -127,8 +137,8 @@ class ShadowDiff:
                 pass_fds=(theirs.fileno(),),
             )
             theirs.close()
-            self.writer = Writer(ours, cfg.mirror.max_backlog)
-            self.writer.send(Setup(config=cfg, instance=self.instance))
+            self.writer = Writer(ours, cfg.mirror.max_backlog, self._apply)
+            self.writer.send(Setup(config=cfg, instance=self.instance, control=self.control))
             self.ticker = asyncio.get_running_loop().call_later(COUNTS_EVERY, self._tick)
         return self.writer.ready
 
@@ -139,7 +149,11 @@ class ShadowDiff:
         if self.writer is None or self.worker is None or self.cfg is None:
             return
         self.pending.clear()  # the worker counts what it holds without a primary result
-        self.writer.close(timeout=2.0, last=TapCounts(self.instance, dict(self.counts)))
+        # Generous: a worker still starting up reads nothing yet; what it holds is lost if not sent.
+        self.writer.close(
+            timeout=self.cfg.mirror.grace + 5.0,
+            last=TapCounts(self.instance, dict(self.counts)),
+        )
         try:
             self.worker.wait(timeout=self.cfg.mirror.grace + 10.0)
         except subprocess.TimeoutExpired:
@@ -156,6 +170,14 @@ class ShadowDiff:
             logger.error("shadowdiff: worker exited with status %s", status)
             self.writer.abandon()
         self.ticker = asyncio.get_running_loop().call_later(COUNTS_EVERY, self._tick)
+
+    def _apply(self, record: object) -> None:
+        """A control record from the worker: the kill switch and the dial, at once."""
+        if not isinstance(record, Control) or self.sampler is None:
+            return
+        self.control = record
+        self.sampler.paused = record.paused
+        self.sampler.dial = record.rate
 
     def _send_counts(self) -> None:
         if self.writer:

@@ -19,8 +19,13 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from aiohttp import web
+
+from shadowdiff import control
+from shadowdiff.alerts import Alerter
 from shadowdiff.breaker import CircuitBreaker
 from shadowdiff.channel import Reader
+from shadowdiff.config import ConfigError, access_token
 from shadowdiff.counts import summary_line
 from shadowdiff.exchange import (
     Exchange,
@@ -30,6 +35,8 @@ from shadowdiff.exchange import (
     Setup,
     TapCounts,
 )
+from shadowdiff.live import Live
+from shadowdiff.metrics import Gauges, Metrics
 from shadowdiff.mirror import Mirror
 from shadowdiff.recorder import Recorder
 from shadowdiff.store import Store
@@ -59,10 +66,12 @@ class Worker:
         self.outstanding = 0
         self.counts: Counter[str] = Counter()
         self.tap_counts: dict[str, int] = {}
+        self.tap_seen_at = time.monotonic()
         self.batch: list[Exchange] = []
         self.dirty = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.recorder = Recorder(self.cfg, self.instance, store)
+        self.live: Live | None = None  # the switch, auto-pause and alerts of a live worker
 
     # -- records from the tap -------------------------------------------------------------
 
@@ -75,25 +84,30 @@ class Worker:
                 future.set_result(record)
         elif isinstance(record, TapCounts):
             self.tap_counts = record.counts
+            self.tap_seen_at = time.monotonic()
             self.dirty = True
 
-    def on_request(self, request: RequestSnapshot) -> None:
+    def on_request(self, request: RequestSnapshot) -> asyncio.Task[None] | None:
+        """Starts the exchange; its task (None: dropped and counted)."""
         # max_in_flight copies go out at once and as many wait for a slot (a burst, a slow
         # shadow); beyond that, samples are dropped.
         if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
             self.drop("in_flight")
-            return
+            return None
         if not all(breaker.ready() for breaker in self.breakers.values()):
             self.drop("circuit_open")
-            return
+            return None
         for breaker in self.breakers.values():
             breaker.allow()
         future: asyncio.Future[PrimaryResult] = asyncio.get_running_loop().create_future()
         self.primaries[request.flow_id] = future
         self.outstanding += 1
+        if self.live:
+            self.live.on_backlog(self.outstanding - self.cfg.mirror.max_in_flight)
         task = asyncio.create_task(self.exchange(request, future))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def drop(self, reason: str) -> None:
         self.counts[f"dropped.{reason}"] += 1
@@ -148,17 +162,22 @@ class Worker:
         if changed:
             self.counts[f"breaker.{name}.{changed}"] += 1
             logger.warning("circuit breaker for %s is now %s", name, changed)
+        if self.live:
+            self.live.on_copy(name, outcome.error is None)
+            if changed:
+                self.live.on_breaker(name, changed)
         return outcome
 
     # -- writing ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        if not self.batch and not self.dirty:
+        if not self.batch and not self.dirty and not (self.live and self.live.events):
             return
         batch, self.batch, self.dirty = self.batch, [], False
         counts = {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
+        events = self.live.take_events() if self.live else []
         await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.recorder.record, batch, counts
+            self.executor, self.recorder.record, batch, counts, events
         )
 
     async def flusher(self, stop: asyncio.Event) -> None:
@@ -175,10 +194,21 @@ class Worker:
                 logger.info("%s", summary_line(self.cfg.run, self.merged()))
 
     def merged(self) -> dict[str, int]:
+        """Every counter, as the store will hold them. The recorder's are copied at C level
+        first: the store thread may be adding to them while a scrape reads."""
         merged = Counter(self.tap_counts)
         merged.update(self.counts)
-        merged.update(self.recorder.books)
+        merged.update(dict(self.recorder.books))
         return dict(merged)
+
+    def gauges(self) -> Gauges:
+        assert self.live is not None
+        return Gauges(
+            sample_rate=self.live.rate,
+            paused=self.live.control.paused,
+            in_flight=self.outstanding,
+            breakers={name: b.state for name, b in self.breakers.items()},
+        )
 
     async def shutdown(self) -> None:
         """After the tap closed the channel: grace for copies in flight, cancel the rest, flush.
@@ -215,19 +245,47 @@ async def serve(sock: socket.socket) -> int:
         ),
     )
     logging.getLogger().setLevel(setup.config.log_level.upper())
-    store = Store(setup.config.store)
+    cfg = setup.config
+    store = Store(cfg.store)
     worker = Worker(setup, store)
+    alerter = Alerter(cfg.alerts, cfg.run, worker.counts)
+    live = worker.live = Live(cfg, setup.control, reader.send, alerter)
+    metrics = Metrics(cfg.run, worker.merged, worker.gauges)
+    worker.recorder.on_written = metrics.observe
+    try:
+        server = await _control_server(worker, live, metrics)
+    except (ConfigError, OSError) as e:
+        logger.error("control server cannot start on %s: %s", cfg.control.listen, e)
+        store.close()
+        return 2
+    await alerter.start()
     stop = asyncio.Event()
     flusher = asyncio.create_task(worker.flusher(stop))
+    watcher = asyncio.create_task(live.watch(stop))
     reader.greet()
     while (record := await reader.read()) is not None:
         worker.on_record(record)
     stop.set()
     await flusher
+    await watcher
+    if server:
+        await server.cleanup()
+    await live.close()
+    await alerter.close(timeout=cfg.mirror.grace)
     await worker.shutdown()
     store.close()
-    logger.info("%s (store %s)", summary_line(setup.config.run, worker.merged()), store.path)
+    logger.info("%s (store %s)", summary_line(cfg.run, worker.merged()), store.path)
     return 0
+
+
+async def _control_server(worker: Worker, live: Live, metrics: Metrics) -> web.AppRunner | None:
+    listen = worker.cfg.control.listen
+    if listen is None:
+        return None
+    token = access_token(worker.cfg.control)
+    runner = await control.serve(control.build(worker, live, metrics, token), listen)
+    logger.info("control server on http://%s (dashboard, /metrics, /verdict)", listen)
+    return runner
 
 
 def main() -> None:

@@ -1,0 +1,256 @@
+"""The control server: metrics, the live verdict, health, the kill switch and the dashboard.
+
+It runs in the worker process, on the worker's loop, never on the proxy's: a scrape, a verdict
+or a dashboard left open cannot take a cycle from live traffic. The switch reaches the tap over
+the worker's channel within milliseconds. Mutating endpoints refuse cross-origin browser
+requests, and need the bearer token when one is set (mandatory beyond loopback).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from shadowdiff.live import Live
+    from shadowdiff.metrics import Metrics
+    from shadowdiff.worker import Worker
+
+logger = logging.getLogger("shadowdiff.control")
+
+TAP_STALE = 5.0
+"""Seconds without the tap's counters after which the proxy is reported unhealthy."""
+STORE_STALE = 10.0
+"""Seconds without a successful write, while one is failing, before the store is unhealthy."""
+DIVERGENCES_SHOWN = 50
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_ASSETS = {
+    "/": ("index.html", "text/html"),
+    "/dashboard.js": ("dashboard.js", "text/javascript"),
+    "/dashboard.css": ("dashboard.css", "text/css"),
+}
+
+_READ_ONLY = {"/gate"}
+"""Paths a rollout controller may POST to without the token: they only read (Flagger's
+webhooks always POST)."""
+
+_WORKER: web.AppKey[Worker] = web.AppKey("worker")
+_LIVE: web.AppKey[Live] = web.AppKey("live")
+_METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+_TOKEN: web.AppKey[str | None] = web.AppKey("token")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _refusal(request: web.Request) -> web.Response | None:
+    """Why a mutating request is refused, if it is."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        return _json({"error": f"cross-origin request from {origin} refused"}, 403)
+    token = request.app[_TOKEN]
+    if token is None:
+        return None
+    given = request.headers.get("Authorization", "")
+    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return None
+    return web.Response(
+        status=401,
+        body=orjson.dumps({"error": "a bearer token is required (Authorization: Bearer …)"}),
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="shadowdiff"'},
+    )
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method not in ("GET", "HEAD", "OPTIONS") and request.path not in _READ_ONLY:
+        refusal = _refusal(request)
+        if refusal is not None:
+            return refusal
+    response: web.StreamResponse = await handler(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+def _actor(request: web.Request) -> str:
+    """Who asked: the name a client gave (`X-Shadowdiff-Actor`), and where from."""
+    name = request.headers.get("X-Shadowdiff-Actor", "").strip()[:80]
+    peer = request.remote or "unknown"
+    return f"{name} from {peer}" if name else peer
+
+
+def _state(live: Live) -> dict[str, Any]:
+    return {
+        "paused": live.control.paused,
+        "rate": live.rate,
+        "config_rate": live.cfg.sampling.rate,
+        "dial": live.control.rate,
+    }
+
+
+async def _pause(request: web.Request) -> web.Response:
+    live = request.app[_LIVE]
+    live.pause(_actor(request))
+    return _json(_state(live))
+
+
+async def _resume(request: web.Request) -> web.Response:
+    live = request.app[_LIVE]
+    live.resume(_actor(request))
+    return _json(_state(live))
+
+
+async def _sample_rate(request: web.Request) -> web.Response:
+    live = request.app[_LIVE]
+    text = (await request.text()).strip()
+    try:
+        value = orjson.loads(text) if text else None
+        if isinstance(value, dict):
+            value = value.get("rate")
+        rate = float(value)  # type: ignore[arg-type]
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return _json({"error": f"body must be a number between 0 and 1, got {text[:40]!r}"}, 400)
+    if not 0.0 <= rate <= 1.0:
+        return _json({"error": f"sample rate must be between 0 and 1, got {rate:g}"}, 400)
+    live.dial(rate, _actor(request))
+    return _json(_state(live))
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[_METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _judged(request: web.Request) -> tuple[dict[str, Any], int]:
+    """The live verdict document (of `?route=`), or why there is none (503)."""
+    try:
+        return await request.app[_LIVE].verdict(request.query.get("route")), 200
+    except Exception as e:  # an unreadable store: say so, the worker goes on
+        return {"verdict": "INCONCLUSIVE", "error": f"cannot judge the run: {e}"}, 503
+
+
+async def _verdict(request: web.Request) -> web.Response:
+    return _json(*await _judged(request))
+
+
+async def _gate(request: web.Request) -> web.Response:
+    """For Flagger's webhooks (and anyone who gates on a status code): 200 when the live
+    verdict is PASS, 412 when FAIL or INCONCLUSIVE, with the verdict document either way."""
+    doc, status = await _judged(request)
+    return _json(doc, 200 if doc["verdict"] == "PASS" else max(status, 412))
+
+
+def health(worker: Worker) -> dict[str, Any]:
+    """Proxy, worker and store status; `ok` only when all three are."""
+    now = time.monotonic()
+    tap_age = now - worker.tap_seen_at
+    recorder = worker.recorder
+    store_ok = recorder.last_error is None or now - recorder.last_write < STORE_STALE
+    parts = {
+        "proxy": {
+            "ok": tap_age < TAP_STALE,
+            "detail": f"counters received {tap_age:.1f}s ago",
+        },
+        "worker": {
+            "ok": True,
+            "detail": f"{worker.outstanding} copies in flight; breakers "
+            + ", ".join(f"{n} {b.state}" for n, b in worker.breakers.items()),
+        },
+        "store": {
+            "ok": store_ok,
+            "detail": recorder.last_error or f"last write {now - recorder.last_write:.1f}s ago",
+            "unwritten": len(recorder.unwritten),
+        },
+    }
+    return {"status": "ok" if all(p["ok"] for p in parts.values()) else "failing", **parts}
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    report = health(request.app[_WORKER])
+    return _json(report, 200 if report["status"] == "ok" else 503)
+
+
+async def _status(request: web.Request) -> web.Response:
+    """Everything `shadowdiff ctl status` and the dashboard show besides the verdict."""
+    worker, live = request.app[_WORKER], request.app[_LIVE]
+    return _json(
+        {
+            "run": live.cfg.run,
+            "instance": worker.instance,
+            **_state(live),
+            "counts": worker.merged(),
+            "health": health(worker),
+        }
+    )
+
+
+async def _divergences(request: web.Request) -> web.Response:
+    rows = await request.app[_LIVE].divergences(DIVERGENCES_SHOWN)
+    names = ("route", "path", "kind", "primary", "shadow")
+    return _json([dict(zip(names, row, strict=True)) for row in rows])
+
+
+async def _examples(request: web.Request) -> web.Response:
+    route, path = request.query.get("route"), request.query.get("path")
+    if not route or not path:
+        return _json({"error": "route and path are required"}, 400)
+    return _json(await request.app[_LIVE].examples(route, path))
+
+
+async def _asset(request: web.Request) -> web.Response:
+    name, kind = _ASSETS[request.path]
+    text = resources.files("shadowdiff").joinpath("dashboard", name).read_bytes()
+    return web.Response(
+        body=text, content_type=kind, charset="utf-8", headers={"Content-Security-Policy": CSP}
+    )
+
+
+def build(worker: Worker, live: Live, metrics: Metrics, token: str | None) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=4096)
+    app[_WORKER], app[_LIVE], app[_METRICS], app[_TOKEN] = worker, live, metrics, token
+    for path in _ASSETS:
+        app.router.add_get(path, _asset)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/verdict", _verdict)
+    app.router.add_route("GET", "/gate", _gate)
+    app.router.add_route("POST", "/gate", _gate)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/api/status", _status)
+    app.router.add_get("/api/divergences", _divergences)
+    app.router.add_get("/api/examples", _examples)
+    app.router.add_post("/mirror/pause", _pause)
+    app.router.add_post("/mirror/resume", _resume)
+    app.router.add_put("/mirror/sample-rate", _sample_rate)
+    return app
+
+
+async def serve(app: web.Application, listen: str) -> web.AppRunner:
+    """Starts listening; raises OSError (port taken) for the caller to report."""
+    host, _, port = listen.rpartition(":")
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner

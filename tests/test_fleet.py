@@ -1,0 +1,157 @@
+"""A fleet: a real nginx in front of two shadowdiff proxies sharing one store and one run.
+
+Two proxies that each saw part of the traffic give the same verdict and counts as one proxy
+that saw all of it; killing one mid-run loses only what it held, and the report says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from conftest import serve_app, shadowdiff
+from shadowdiff.counts import imbalance, total
+from shadowdiff.demo import free_port, wait_listening
+from shadowdiff.store import Store
+
+NGINX_CONF = Path(__file__).parent.parent / "configs" / "nginx.conf"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+async def api(diverge: bool) -> tuple[web.AppRunner, str]:
+    """Users and orders; the candidate renames a field of the users."""
+
+    async def users(request: web.Request) -> web.Response:
+        key = "full_name" if diverge else "name"
+        return web.json_response({"id": request.match_info["id"], key: "x"})
+
+    async def orders(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "total": 3})
+
+    app = web.Application()
+    app.router.add_get("/users/{id}", users)
+    app.router.add_get("/orders/{id}", orders)
+    return await serve_app(app)
+
+
+@contextlib.asynccontextmanager
+async def nginx(tmp_path: Path, ports: list[int]) -> AsyncIterator[str]:
+    """configs/nginx.conf as shipped, pointed at `ports`, on a free loopback port."""
+    assert Path(NGINX).exists(), f"{NGINX} is missing: apt-get install -y nginx (CI installs it)"
+    port = free_port()
+    servers = "".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in ports)
+    conf = re.sub(r"(?m)^ +server 127\.0\.0\.1:\d+ .*\n", "", NGINX_CONF.read_text())
+    conf = conf.replace("upstream shadowdiff {\n", "upstream shadowdiff {\n" + servers)
+    conf = conf.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    path = tmp_path / "nginx.conf"
+    path.write_text(conf)
+    directives = f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/nginx.log;"
+    process = subprocess.Popen([NGINX, "-c", str(path), "-p", str(tmp_path), "-g", directives])
+    try:
+        await wait_listening(port, timeout=10)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def drive(client: aiohttp.ClientSession, base: str, count: int) -> list[int]:
+    statuses = []
+    for start in range(0, count, 10):
+
+        async def one(i: int) -> int:
+            path = f"/users/{i}" if i % 2 else f"/orders/{i}"
+            async with client.get(base + path) as r:
+                await r.read()
+                return r.status
+
+        statuses += await asyncio.gather(*(one(i) for i in range(start, start + 10)))
+    return statuses
+
+
+def verdict(store: str, run: str) -> dict[str, Any]:
+    done = shadowdiff("report", f"--store={store}", f"--run={run}", "--format=json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def essentials(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "verdict": doc["verdict"],
+        "counts": {k: doc["counts"][k] for k in ("seen", "sampled", "recorded", "divergent")},
+        "routes": [
+            (r["route"], r["pairs"], r["divergent"], [(f["path"], f["count"]) for f in r["fields"]])
+            for r in doc["routes"]
+        ],
+        "checks": sorted((c["id"], c["route"], c["result"]) for c in doc["checks"]),
+    }
+
+
+async def test_two_proxies_behind_nginx_judge_like_one(start_proxy, client, tmp_path):
+    primary, shadow = await api(False), await api(True)
+    flags = [f"--primary={primary[1]}", f"--shadow={shadow[1]}", "--sample=1"]
+    single = await start_proxy(*flags, run="single")
+    assert set(await drive(client, single.url, 300)) == {200}
+    await single.stop()
+
+    one = await start_proxy(*flags, run="fleet")
+    two = await start_proxy(*flags, run="fleet")
+    async with nginx(tmp_path, [one.port, two.port]) as balancer:
+        assert set(await drive(client, balancer, 300)) == {200}
+    await one.stop()
+    await two.stop()
+
+    alone, fleet = verdict(str(single.store), "single"), verdict(str(one.store), "fleet")
+    assert essentials(fleet) == essentials(alone)
+    assert fleet["verdict"] == "FAIL" and fleet["accounting"] == []
+    assert fleet["counts"]["recorded"] == 300
+    done = shadowdiff("summary", f"--store={one.store}", "--run=fleet")
+    assert "accounting" not in done.stdout
+    for runner in (primary[0], shadow[0]):
+        await runner.cleanup()
+
+
+async def test_killing_one_proxy_loses_only_what_it_held(start_proxy, client, tmp_path):
+    primary, shadow = await api(False), await api(False)
+    flags = [f"--primary={primary[1]}", f"--shadow={shadow[1]}", "--sample=1"]
+    one = await start_proxy(*flags, run="kill")
+    two = await start_proxy(*flags, run="kill")
+    async with client.get(two.control + "/api/status") as r:
+        dead = (await r.json())["instance"]
+    async with nginx(tmp_path, [one.port, two.port]) as balancer:
+        first = await drive(client, balancer, 200)
+        traffic = asyncio.create_task(drive(client, balancer, 400))
+        await asyncio.sleep(0.3)
+        two.process.send_signal(signal.SIGKILL)  # a crash: no goodbye, no last counts
+        rest = await traffic
+    assert set(first + rest) == {200}, "nginx retried what the dead proxy could not answer"
+    await one.stop()
+    await two.stop(clean=False)
+    await asyncio.sleep(1.0)  # the dead proxy's worker flushes what it held, then exits
+    with Store(one.store, create=False) as store:
+        books = store.instance_counts("kill")
+    assert len(books) == 2
+    for instance, counts in books.items():
+        if instance != dead:
+            assert imbalance(counts) == [], counts  # the survivor's books balance
+    fate = books[dead].get("recorded", 0) + total(books[dead], "dropped")
+    assert fate >= books[dead]["sampled"] > 0  # all its tap reported is recorded or counted
+    doc = verdict(str(one.store), "kill")
+    assert doc["verdict"] != "FAIL" and 200 < doc["counts"]["recorded"] <= 600
+    if imbalance(books[dead]):  # what it sampled after its last report: the report says so
+        assert [a for a in doc["accounting"] if dead in a] and len(doc["accounting"]) == 1
+        html = shadowdiff("report", f"--store={one.store}", "--run=kill", "--format=html")
+        assert f"accounting: instance {dead}" in html.stdout
+    for runner in (primary[0], shadow[0]):
+        await runner.cleanup()
