@@ -23,12 +23,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests addons bench
 	$(BIN)/mypy src
 
-# Real parts the tests use: Debian's headless chromium (report and dashboard) and nginx (the
-# fleet in front of two proxies), installed when missing.
+# Real parts the tests use, installed when missing: Debian's headless chromium (report and
+# dashboard), nginx (the fleet in front of two proxies) and PostgreSQL (the fleet's shared
+# store; the tests start a throwaway cluster of their own unless SHADOWDIFF_TEST_PG is set).
 system:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for the tests:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
@@ -37,12 +39,13 @@ system:
 test: lint system
 	$(BIN)/pytest --cov=shadowdiff --cov-report=term-missing:skip-covered -q
 
-bench: $(STAMP)
+bench: $(STAMP) system
 	@command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python bench/live_overhead.py
 	$(BIN)/python bench/tap_hooks.py
 	$(BIN)/python bench/compare_speed.py
 	$(BIN)/python bench/replay_speed.py
+	$(BIN)/python bench/fleet_throughput.py
 
 clean:
 	rm -rf .venv .venv312 .pytest_cache .mypy_cache .ruff_cache .coverage* demo.db*

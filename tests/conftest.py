@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 from aiohttp import web
+from psycopg import sql
 
 from shadowdiff.demo import free_port, start, wait_listening
 
@@ -222,3 +228,93 @@ async def receiver() -> AsyncIterator[Receiver]:
     started = await Receiver().start()
     yield started
     await started.stop()
+
+
+# -- PostgreSQL: `SHADOWDIFF_TEST_PG` (a URL, set by CI), or else a throwaway cluster ----------
+
+SCRIPT = Path(__file__).resolve().parent.parent / ".ci" / "postgres"
+
+
+@dataclass
+class Cluster:
+    url: str
+    directory: str | None = None
+    """Set when the tests started the cluster, so a test may halt and restart it."""
+    port: int = 0
+
+    def halt(self) -> None:
+        _script("halt", self.directory or "")
+
+    def start(self) -> None:
+        _script("start", self.directory or "", str(self.port))
+
+
+def _script(*args: str) -> str:
+    done = subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode:
+        pytest.fail(
+            f"PostgreSQL: `.ci/postgres {' '.join(args)}` failed (or set SHADOWDIFF_TEST_PG"
+            f" to a server's URL):\n{done.stderr}",
+            pytrace=False,
+        )
+    return done.stdout.strip()
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[Cluster]:
+    # Under /tmp, not pytest's tmp_path: as root, the server runs as another user, which
+    # cannot reach into pytest's private directories.
+    directory = tempfile.mkdtemp(prefix="shadowdiff-pg-")
+    port = free_port()
+    try:
+        yield Cluster(_script("start", directory, str(port)), directory, port)
+    finally:
+        _script("stop", directory)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    url = os.environ.get("SHADOWDIFF_TEST_PG")
+    if url:
+        try:
+            psycopg.connect(url, connect_timeout=5).close()
+        except psycopg.Error as e:
+            pytest.fail(f"PostgreSQL: SHADOWDIFF_TEST_PG={url} unreachable: {e}", pytrace=False)
+        yield Cluster(url)
+        return
+    with throwaway_cluster() as started:
+        yield started
+
+
+@contextmanager
+def schema(base: str, name: str) -> Iterator[str]:
+    """A fresh schema on the server at `base`; yields a URL whose tables go there."""
+    name = f"t_{re.sub(r'[^a-z0-9]', '_', name.lower())[:40]}_{secrets.token_hex(4)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def url(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    with schema(cluster.url, request.node.name) as found:
+        yield found
+
+
+@pytest.fixture
+def own_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """A cluster the test may stop: the tests' own, or else a second throwaway one."""
+    if cluster.directory is None:
+        with throwaway_cluster() as started:
+            yield started
+        return
+    try:
+        yield cluster
+    finally:
+        cluster.start()  # whatever the test did, the next tests find it running

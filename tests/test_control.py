@@ -159,6 +159,11 @@ async def test_bad_control_requests(start_proxy, primary: Backend, shadow: Backe
         proxy.control + "/mirror/pause", headers={"Origin": "http://evil.example"}
     ) as r:
         assert r.status == 403  # a web page elsewhere cannot flip the switch through a browser
+    rebound = {"Host": f"evil.example:{proxy.control_port}"}  # DNS rebinding
+    async with client.get(proxy.control + "/api/status", headers=rebound) as r:
+        assert r.status == 403
+    async with client.post(proxy.control + "/mirror/pause", headers=rebound) as r:
+        assert r.status == 403
     status, state = await get(client, proxy.control + "/api/status")
     assert status == 200 and state["paused"] is False and state["rate"] == 0.1
     assert (await get(client, proxy.control + "/api/examples"))[0] == 400
@@ -239,6 +244,8 @@ async def test_ctl_status_rate_and_unreachable(
     assert lines[0].startswith("mirroring 5.0% (dial; config 100%); instance ")
     assert lines[1].startswith("run 'test': seen 5, sampled 5")
     assert any(line.startswith("verdict: INCONCLUSIVE") for line in lines)
+    done = shadowdiff("ctl", f"--url={proxy.control}", "rate", "config")
+    assert done.returncode == 0 and done.stdout.strip() == "mirroring 100.0%", done
     done = shadowdiff("ctl", f"--url={proxy.control}", "rate", "2")
     assert done.returncode == 2 and "2" in done.stderr and "Traceback" not in done.stderr
     await proxy.stop()
@@ -262,6 +269,7 @@ def test_control_port_taken_stops_start_up(tmp_path: Path) -> None:
         )
     assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
     assert "control server cannot start on 127.0.0.1:" in done.stderr
+    assert "the worker process stopped at start (status 2)" in done.stderr
 
 
 async def test_control_off(start_proxy, primary: Backend, shadow: Backend, client) -> None:

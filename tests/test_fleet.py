@@ -1,7 +1,7 @@
-"""A fleet: a real nginx in front of two shadowdiff proxies sharing one store and one run.
-
-Two proxies that each saw part of the traffic give the same verdict and counts as one proxy
-that saw all of it; killing one mid-run loses only what it held, and the report says so.
+"""A fleet: a real nginx in front of two shadowdiff proxies sharing one PostgreSQL store and
+one run. Two proxies that each saw part of the traffic give the same verdict and counts as one
+proxy that saw all of it; killing one mid-run loses only what it held, and the report says so;
+a database outage leaves live traffic untouched and loses nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from conftest import serve_app, shadowdiff
+from conftest import Cluster, schema, serve_app, shadowdiff
 from shadowdiff.counts import imbalance, total
 from shadowdiff.demo import free_port, wait_listening
-from shadowdiff.store import Store
+from shadowdiff.store import open_store
 
 NGINX_CONF = Path(__file__).parent.parent / "configs" / "nginx.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -98,33 +99,46 @@ def essentials(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def test_two_proxies_behind_nginx_judge_like_one(start_proxy, client, tmp_path):
+async def test_two_proxies_behind_nginx_judge_like_one(
+    start_proxy, client, tmp_path, cluster: Cluster
+):
     primary, shadow = await api(False), await api(True)
     flags = [f"--primary={primary[1]}", f"--shadow={shadow[1]}", "--sample=1"]
-    single = await start_proxy(*flags, run="single")
+    single = await start_proxy(*flags, run="single")  # SQLite, one proxy
     assert set(await drive(client, single.url, 300)) == {200}
     await single.stop()
 
-    one = await start_proxy(*flags, run="fleet")
-    two = await start_proxy(*flags, run="fleet")
-    async with nginx(tmp_path, [one.port, two.port]) as balancer:
-        assert set(await drive(client, balancer, 300)) == {200}
-    await one.stop()
-    await two.stop()
-
-    alone, fleet = verdict(str(single.store), "single"), verdict(str(one.store), "fleet")
+    with schema(cluster.url, "fleet") as store:
+        one = await start_proxy(*flags, f"--store={store}", run="fleet")
+        two = await start_proxy(*flags, f"--store={store}", run="fleet")
+        async with nginx(tmp_path, [one.port, two.port]) as balancer:
+            assert set(await drive(client, balancer, 300)) == {200}
+        await one.stop()
+        await two.stop()
+        fleet = verdict(store, "fleet")
+        with open_store(store, create=False) as shared:
+            books = shared.instance_counts("fleet")
+        done = shadowdiff("summary", f"--store={store}", "--run=fleet")
+    alone = verdict(str(single.store), "single")
     assert essentials(fleet) == essentials(alone)
     assert fleet["verdict"] == "FAIL" and fleet["accounting"] == []
     assert fleet["counts"]["recorded"] == 300
-    done = shadowdiff("summary", f"--store={one.store}", "--run=fleet")
-    assert "accounting" not in done.stdout
+    assert len(books) == 2 and all(b["recorded"] > 50 for b in books.values())  # both served
+    assert done.returncode == 0 and "accounting" not in done.stdout
     for runner in (primary[0], shadow[0]):
         await runner.cleanup()
 
 
-async def test_killing_one_proxy_loses_only_what_it_held(start_proxy, client, tmp_path):
+async def test_killing_one_proxy_loses_only_what_it_held(
+    start_proxy, client, tmp_path, cluster: Cluster
+):
     primary, shadow = await api(False), await api(False)
-    flags = [f"--primary={primary[1]}", f"--shadow={shadow[1]}", "--sample=1"]
+    with schema(cluster.url, "kill") as store:
+        await killed(start_proxy, client, tmp_path, primary, shadow, store)
+
+
+async def killed(start_proxy, client, tmp_path, primary, shadow, store: str) -> None:
+    flags = [f"--primary={primary[1]}", f"--shadow={shadow[1]}", "--sample=1", f"--store={store}"]
     one = await start_proxy(*flags, run="kill")
     two = await start_proxy(*flags, run="kill")
     async with client.get(two.control + "/api/status") as r:
@@ -139,19 +153,51 @@ async def test_killing_one_proxy_loses_only_what_it_held(start_proxy, client, tm
     await one.stop()
     await two.stop(clean=False)
     await asyncio.sleep(1.0)  # the dead proxy's worker flushes what it held, then exits
-    with Store(one.store, create=False) as store:
-        books = store.instance_counts("kill")
+    with open_store(store, create=False) as shared:
+        books = shared.instance_counts("kill")
     assert len(books) == 2
     for instance, counts in books.items():
         if instance != dead:
             assert imbalance(counts) == [], counts  # the survivor's books balance
     fate = books[dead].get("recorded", 0) + total(books[dead], "dropped")
     assert fate >= books[dead]["sampled"] > 0  # all its tap reported is recorded or counted
-    doc = verdict(str(one.store), "kill")
+    doc = verdict(store, "kill")
     assert doc["verdict"] != "FAIL" and 200 < doc["counts"]["recorded"] <= 600
     if imbalance(books[dead]):  # what it sampled after its last report: the report says so
         assert [a for a in doc["accounting"] if dead in a] and len(doc["accounting"]) == 1
-        html = shadowdiff("report", f"--store={one.store}", "--run=kill", "--format=html")
+        html = shadowdiff("report", f"--store={store}", "--run=kill", "--format=html")
         assert f"accounting: instance {dead}" in html.stdout
+    for runner in (primary[0], shadow[0]):
+        await runner.cleanup()
+
+
+async def test_database_outage_leaves_live_traffic_alone_and_loses_nothing(
+    start_proxy, client, own_cluster: Cluster
+):
+    primary, shadow = await api(False), await api(False)
+    with schema(own_cluster.url, "outage") as store:
+        proxy = await start_proxy(
+            f"--primary={primary[1]}", f"--shadow={shadow[1]}", "--sample=1", f"--store={store}"
+        )
+        assert set(await drive(client, proxy.url, 100)) == {200}
+        own_cluster.halt()
+        started = time.monotonic()
+        during: list[float] = []
+        while time.monotonic() - started < 10.0:  # ten seconds without a database
+            before = time.monotonic()
+            assert set(await drive(client, proxy.url, 10)) == {200}
+            during.append(time.monotonic() - before)
+        async with client.get(proxy.control + "/healthz") as r:
+            health = await r.json()
+        assert r.status == 503 and not health["store"]["ok"], health
+        own_cluster.start()
+        assert set(await drive(client, proxy.url, 100)) == {200}
+        out = await proxy.stop()
+        with open_store(store, create=False) as back:
+            counts = back.counts("test")
+    assert max(during) < 1.0, f"10 live requests took {max(during):.2f}s during the outage"
+    assert imbalance(counts) == [], counts
+    sent = 200 + 10 * len(during)
+    assert counts["seen"] == counts["sampled"] == counts["recorded"] == sent, (counts, out)
     for runner in (primary[0], shadow[0]):
         await runner.cleanup()

@@ -142,3 +142,13 @@ async def test_request_target_goes_out_byte_for_byte():
         await mirror.close()
         await runner.cleanup()
     assert seen == targets
+
+
+async def test_a_target_not_starting_with_a_slash_is_never_sent():
+    """An HTTP/2 :path like `@evil/` would turn the shadow's host into a user name."""
+    mirror = Mirror(MirrorConfig())
+    try:
+        request = RequestSnapshot("f", "GET", "@127.0.0.1:9/x", [], b"", 0.0)
+        assert (await mirror.send("http://127.0.0.1:1", request)).error == "protocol"
+    finally:
+        await mirror.close()

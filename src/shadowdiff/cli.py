@@ -21,7 +21,7 @@ from shadowdiff import __version__
 from shadowdiff.config import Config, ConfigError, access_token, load_config, parse_duration
 from shadowdiff.counts import by_reason, imbalance, summary_line
 from shadowdiff.noise import findings, suggest_ignores
-from shadowdiff.store import Store, StoreError
+from shadowdiff.store import Store, StoreError, masked, open_store
 
 
 class UsageProblem(Exception):
@@ -40,7 +40,7 @@ def cli() -> None:
 @click.option("--secondary", help="URL of a second instance of the primary's version (noise).")
 @click.option("--listen", help="HOST:PORT to listen on [127.0.0.1:8080].")
 @click.option("--sample", help="Share of eligible requests to mirror, 0..1 [0.1].")
-@click.option("--store", help="SQLite store path [shadowdiff.db].")
+@click.option("--store", help="SQLite path or postgresql:// URL [shadowdiff.db].")
 @click.option("--run", "run_name", help="Run name [default].")
 @click.option(
     "--control", help="HOST:PORT of the control server and dashboard, or off [127.0.0.1:9464]."
@@ -77,7 +77,7 @@ def proxy(config_path: str | None, processes: int, **flags: Any) -> None:
     if cfg.primary is None:
         raise UsageProblem("--primary: required (or set `primary` in the config file)")
     _logging(cfg.log_level)
-    Store(cfg.store).close()  # refuse a bad store before taking traffic
+    open_store(cfg.store).close()  # refuse a bad store before taking traffic
     if processes > 1:
         from shadowdiff import fleet
 
@@ -89,9 +89,9 @@ def proxy(config_path: str | None, processes: int, **flags: Any) -> None:
     except StartupError as e:
         click.echo(f"shadowdiff: error: {e}", err=True)
         sys.exit(1)
-    with Store(cfg.store, create=False) as store:
+    with open_store(cfg.store, create=False) as store:
         counts = store.counts(cfg.run)
-    click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {cfg.store}")
+    click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {masked(cfg.store)}")
 
 
 @cli.command()
@@ -99,7 +99,7 @@ def proxy(config_path: str | None, processes: int, **flags: Any) -> None:
 @click.option("--primary", help="URL of the primary to send each request to as well.")
 @click.option("--shadow", help="URL of the candidate version.")
 @click.option("--secondary", help="URL of a second instance of the primary's version (noise).")
-@click.option("--store", help="SQLite store path [shadowdiff.db].")
+@click.option("--store", help="SQLite path or postgresql:// URL [shadowdiff.db].")
 @click.option("--run", "run_name", help="Run name [default].")
 @click.option("--config", "config_path", help="YAML config file; flags override it.")
 @click.option(
@@ -167,7 +167,7 @@ def replay(
         raise UsageProblem("--primary: required (or --from-recorded-primary)")
     _logging(cfg.log_level)
     logging.getLogger("shadowdiff.worker").setLevel(logging.WARNING)  # progress says it all
-    Store(cfg.store).close()  # refuse a bad store before reading anything
+    open_store(cfg.store).close()  # refuse a bad store before reading anything
     try:
         recording = read(list(files), need_response=from_recorded_primary)
     except RecordingError as e:
@@ -196,7 +196,7 @@ def replay(
     click.echo(
         f"shadowdiff: replayed {result.counts.get('seen', 0)} of {len(recording.entries)} "
         f"entries in {result.elapsed:.1f} s "
-        f"({pairs:.0f} pairs/s); {summary_line(cfg.run, result.counts)}; store {cfg.store}"
+        f"({pairs:.0f} pairs/s); {summary_line(cfg.run, result.counts)}; store {masked(cfg.store)}"
     )
     if recording.skipped:
         detail = ", ".join(f"{k} {v}" for k, v in sorted(recording.skipped.items()))
@@ -223,7 +223,7 @@ def _runs(store: Store, store_path: str, run_name: str | None) -> list[str]:
 def summary(store_path: str, run_name: str | None, config_path: str | None, fields: int) -> None:
     """Print what each run saw and recorded, and where the shadow diverges, by route."""
     noise_cfg = _config(config_path).noise
-    with Store(store_path, create=False) as store:
+    with open_store(store_path, create=False) as store:
         for run in _runs(store, store_path, run_name):
             counts = store.counts(run)
             click.echo(summary_line(run, counts))
@@ -248,7 +248,7 @@ def summary(store_path: str, run_name: str | None, config_path: str | None, fiel
 def suggest_ignores_command(store_path: str, run_name: str) -> None:
     """Print ignore rules (YAML) for paths that differ in nearly every exchange with values
     that look generated: timestamps, UUIDs, random tokens. Review them before use."""
-    with Store(store_path, create=False) as store:
+    with open_store(store_path, create=False) as store:
         _runs(store, store_path, run_name)
         found = suggest_ignores(store.routes(run_name), store.divergence_rows(run_name))
     click.echo("# paths that differ in nearly every exchange with generated-looking values;")
@@ -291,7 +291,7 @@ def _judge(store_path: str, run_name: str | None, cfg: Config, as_json: bool) ->
     """Prints a run's verdict as `gate` does (also after `replay --gate`); its exit status."""
     from shadowdiff.evidence import document
 
-    with Store(store_path, create=False) as store:
+    with open_store(store_path, create=False) as store:
         run = _one_run(store, store_path, run_name)
         doc, _, verdict = document(store, run, cfg)
     if as_json:
@@ -331,7 +331,7 @@ def report(
     from shadowdiff.report import render_html, render_json, render_markdown
 
     cfg = _config(config_path)
-    with Store(store_path, create=False) as store:
+    with open_store(store_path, create=False) as store:
         run = _one_run(store, store_path, run_name)
         doc, extras, _ = document(store, run, cfg)
     text = {
@@ -367,25 +367,28 @@ class Unreachable(Exception):
 @cli.group()
 @click.option(
     "--url",
+    "urls",
+    multiple=True,
     envvar="SHADOWDIFF_URL",
-    default="http://127.0.0.1:9464",
+    default=("http://127.0.0.1:9464",),
     show_default=True,
-    help="The proxy's control server [env SHADOWDIFF_URL].",
+    help="A proxy's control server; repeat it for every proxy of a fleet (each process has "
+    "its own switch) [env SHADOWDIFF_URL, space-separated].",
 )
 @click.option("--token", envvar="SHADOWDIFF_TOKEN", help="Bearer token [env SHADOWDIFF_TOKEN].")
 @click.pass_context
-def ctl(ctx: click.Context, url: str, token: str | None) -> None:
-    """Control a running proxy: pause or resume mirroring, turn the dial, show its status."""
-    ctx.obj = (url.rstrip("/"), token)
+def ctl(ctx: click.Context, urls: tuple[str, ...], token: str | None) -> None:
+    """Control running proxies: pause or resume mirroring, turn the dial, show their status."""
+    ctx.obj = ([url.rstrip("/") for url in urls], token)
 
 
-def _call(ctx: click.Context, method: str, path: str, body: bytes | None = None) -> Any:
-    """One request to the control server; its JSON answer, or a one-line error."""
+def _call(ctx: click.Context, url: str, method: str, path: str, body: bytes | None = None) -> Any:
+    """One request to a control server; its JSON answer, or a one-line error."""
     import json
     import urllib.error
     import urllib.request
 
-    url, token = ctx.obj
+    _, token = ctx.obj
     actor = f"{os.environ.get('USER', 'someone')}@{socket.gethostname()} (shadowdiff ctl)"
     headers = {"X-Shadowdiff-Actor": actor, "Content-Type": "application/json"}
     if token:
@@ -412,40 +415,59 @@ def _state_line(state: dict[str, Any]) -> str:
     return f"mirroring {state['rate']:.1%}{dial}"
 
 
+def _change(ctx: click.Context, method: str, path: str, body: bytes | None = None) -> None:
+    """The same change on every proxy named, each one's new state on a line."""
+    urls, _ = ctx.obj
+    for url in urls:
+        state = _state_line(_call(ctx, url, method, path, body))
+        click.echo(f"{url}: {state}" if len(urls) > 1 else state)
+
+
 @ctl.command("pause")
 @click.pass_context
 def ctl_pause(ctx: click.Context) -> None:
     """Stop mirroring now (live traffic is untouched)."""
-    click.echo(_state_line(_call(ctx, "POST", "/mirror/pause")))
+    _change(ctx, "POST", "/mirror/pause")
 
 
 @ctl.command("resume")
 @click.pass_context
 def ctl_resume(ctx: click.Context) -> None:
     """Mirror again, at the rate set before the pause."""
-    click.echo(_state_line(_call(ctx, "POST", "/mirror/resume")))
+    _change(ctx, "POST", "/mirror/resume")
 
 
 @ctl.command("rate")
-@click.argument("rate", type=click.FloatRange(0.0, 1.0))
+@click.argument("rate")
 @click.pass_context
-def ctl_rate(ctx: click.Context, rate: float) -> None:
-    """Set the share of eligible requests mirrored, 0..1 (overrides every configured rate)."""
-    click.echo(_state_line(_call(ctx, "PUT", "/mirror/sample-rate", str(rate).encode())))
+def ctl_rate(ctx: click.Context, rate: str) -> None:
+    """Set the share of eligible requests mirrored, 0..1, replacing every configured rate;
+    `config` gives the configured rates back."""
+    if rate != "config":
+        try:
+            if not 0.0 <= float(rate) <= 1.0:
+                raise ValueError
+        except ValueError:
+            raise UsageProblem(
+                f"RATE: {rate!r} is not a number between 0 and 1, or config"
+            ) from None
+    _change(ctx, "PUT", "/mirror/sample-rate", b"null" if rate == "config" else rate.encode())
 
 
 @ctl.command("status")
 @click.pass_context
 def ctl_status(ctx: click.Context) -> None:
     """Show the switch, the dial, the counts, health and the live verdict."""
-    status = _call(ctx, "GET", "/api/status")
-    click.echo(f"{_state_line(status)}; instance {status['instance']}")
-    click.echo(summary_line(status["run"], status["counts"]))
-    health = status["health"]
-    for part in ("proxy", "worker", "store"):
-        mark = "ok" if health[part]["ok"] else "FAILING"
-        click.echo(f"  {part:<7} {mark:<8} {health[part]['detail']}")
-    verdict = _call(ctx, "GET", "/verdict")
+    urls, _ = ctx.obj
+    for url in urls:
+        status = _call(ctx, url, "GET", "/api/status")
+        click.echo(f"{_state_line(status)}; instance {status['instance']}")
+        click.echo(summary_line(status["run"], status["counts"]))
+        health = status["health"]
+        for part in ("proxy", "worker", "store"):
+            mark = "ok" if health[part]["ok"] else "FAILING"
+            click.echo(f"  {part:<7} {mark:<8} {health[part]['detail']}")
+    verdict = _call(ctx, urls[0], "GET", "/verdict")  # one store: the fleet's verdict
     click.echo(f"verdict: {verdict['verdict']}")
     for c in verdict.get("checks", []):
         if c["result"] != "PASS":

@@ -327,7 +327,8 @@ class Control(Strict):
     verdict_every: Duration = 5.0
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
+    """Is `host` (a listen address) reachable from this machine only?"""
     host = host.strip("[]")
     if host == "localhost":
         return True
@@ -343,7 +344,7 @@ def access_token(control: Control) -> str | None:
     A control server reachable beyond loopback without a token is refused outright.
     """
     token = control.token or os.environ.get(control.token_env) or None
-    if token is None and control.listen and not _loopback(control.listen.rpartition(":")[0]):
+    if token is None and control.listen and not loopback(control.listen.rpartition(":")[0]):
         raise ConfigError(
             f"control.listen: {control.listen} is reachable beyond loopback; set control.token "
             f"or the environment variable {control.token_env} (the kill switch needs a token)"

@@ -50,6 +50,7 @@ _WORKER: web.AppKey[Worker] = web.AppKey("worker")
 _LIVE: web.AppKey[Live] = web.AppKey("live")
 _METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 _TOKEN: web.AppKey[str | None] = web.AppKey("token")
+_LOOPBACK: web.AppKey[bool] = web.AppKey("loopback")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -79,8 +80,19 @@ def _refusal(request: web.Request) -> web.Response | None:
     )
 
 
+def _rebound(request: web.Request) -> bool:
+    """A request to a loopback-only server under another host name: a web page that had its
+    own name resolved to 127.0.0.1 (DNS rebinding) to reach the switch and the examples."""
+    if not request.app[_LOOPBACK]:
+        return False
+    host = (urlsplit("//" + request.host).hostname or "").lower()
+    return host not in ("localhost", "127.0.0.1", "::1") and not host.startswith("127.")
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    if _rebound(request):
+        return _json({"error": f"host {request.host!r} refused: use 127.0.0.1 or localhost"}, 403)
     if request.method not in ("GET", "HEAD", "OPTIONS") and request.path not in _READ_ONLY:
         refusal = _refusal(request)
         if refusal is not None:
@@ -120,17 +132,22 @@ async def _resume(request: web.Request) -> web.Response:
 
 
 async def _sample_rate(request: web.Request) -> web.Response:
+    """The dial: a number 0..1 replaces every configured rate; null gives them back."""
     live = request.app[_LIVE]
     text = (await request.text()).strip()
+    wrong = (
+        "body must be a number between 0 and 1, or null for the configured rates, "
+        f"got {text[:40]!r}"
+    )
     try:
-        value = orjson.loads(text) if text else None
+        value = orjson.loads(text) if text else ""
         if isinstance(value, dict):
-            value = value.get("rate")
-        rate = float(value)  # type: ignore[arg-type]
+            value = value.get("rate", "")
+        rate = None if value is None else float(value)
     except (orjson.JSONDecodeError, TypeError, ValueError):
-        return _json({"error": f"body must be a number between 0 and 1, got {text[:40]!r}"}, 400)
-    if not 0.0 <= rate <= 1.0:
-        return _json({"error": f"sample rate must be between 0 and 1, got {rate:g}"}, 400)
+        return _json({"error": wrong}, 400)
+    if rate is not None and not 0.0 <= rate <= 1.0:
+        return _json({"error": wrong}, 400)
     live.dial(rate, _actor(request))
     return _json(_state(live))
 
@@ -224,9 +241,13 @@ async def _asset(request: web.Request) -> web.Response:
     )
 
 
-def build(worker: Worker, live: Live, metrics: Metrics, token: str | None) -> web.Application:
+def build(
+    worker: Worker, live: Live, metrics: Metrics, token: str | None, loopback: bool
+) -> web.Application:
+    """`loopback`: the server listens on loopback only, so only loopback names may ask."""
     app = web.Application(middlewares=[_guard], client_max_size=4096)
     app[_WORKER], app[_LIVE], app[_METRICS], app[_TOKEN] = worker, live, metrics, token
+    app[_LOOPBACK] = loopback
     for path in _ASSETS:
         app.router.add_get(path, _asset)
     app.router.add_get("/metrics", _metrics)

@@ -22,7 +22,7 @@ from aiohttp import web
 from shadowdiff.config import load_config
 from shadowdiff.evidence import document
 from shadowdiff.report import render_html
-from shadowdiff.store import Store
+from shadowdiff.store import open_store
 
 
 def free_port() -> int:
@@ -134,7 +134,7 @@ async def _demo(count: int, sample: float, store_path: str) -> None:
         for runner in runners:
             await runner.cleanup()
     cfg = load_config(None, {"shadow": "http://127.0.0.1:1"})
-    with Store(store_path, create=False) as store:
+    with open_store(store_path, create=False) as store:
         doc, extras, verdict = document(store, "demo", cfg)
     print("what the shadow answered differently, by route:")
     for route in doc["routes"]:

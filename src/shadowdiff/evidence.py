@@ -137,10 +137,14 @@ def judge_config(cfg: Config) -> JudgeConfig:
 
 
 def document(
-    store: Store, run: str, cfg: Config, only: str | None = None
+    store: Store, run: str, cfg: Config, only: str | None = None, live: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any], Verdict]:
     """The verdict document, the report extras, and the verdict itself (of route `only`,
-    if given: the judge then sees that route alone)."""
+    if given: the judge then sees that route alone).
+
+    `live`: for a run still going (/verdict): no extras (examples, plots), which a verdict
+    does not need, and no accounting, whose books only balance once every proxy has stopped.
+    """
     found, data, latencies = gather(store, run, cfg, only)
     counts = store.counts(run)
     verdict = judge(data, judge_config(cfg), latency_note(counts))
@@ -193,16 +197,21 @@ def document(
             "dropped": by_reason(counts, "dropped"),
             "shadow_errors": by_reason(counts, "shadow_error"),
         },
-        "accounting": [
+        "accounting": []
+        if live
+        else [
             f"instance {instance}: {problem}"
             for instance, named in store.instance_counts(run).items()
             for problem in imbalance(named)
         ],
+        "events": [asdict(e) for e in store.events(run)],
         "run": run,
         "config_sha256": config_sha256(cfg),
         "tool_version": __version__,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if live:
+        return doc, {}, verdict
     extras = {
         "latencies": {
             route: {

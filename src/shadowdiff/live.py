@@ -21,12 +21,14 @@ from shadowdiff.alerts import Alert, Alerter
 from shadowdiff.config import Config
 from shadowdiff.exchange import Control, Event
 from shadowdiff.redact import Redactor
-from shadowdiff.store import Store
+from shadowdiff.store import Store, open_store
 
 logger = logging.getLogger("shadowdiff.live")
 
 FRESH = 1.0
 """Seconds a computed verdict is served before it is judged again."""
+MAX_CACHED = 100
+"""Verdicts of single routes kept; the cache starts afresh beyond."""
 
 
 class Live:
@@ -46,8 +48,8 @@ class Live:
         self.failing: set[str] = set()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict")
         self.reader: Store | None = None  # opened and used in the verdict thread only
-        self.latest: tuple[float, dict[str, Any]] | None = None
-        self.judging: asyncio.Future[dict[str, Any]] | None = None
+        self.latest: dict[str | None, tuple[float, dict[str, Any]]] = {}
+        self.judging: dict[str | None, asyncio.Future[dict[str, Any]]] = {}
 
     # -- the switch and the dial -----------------------------------------------------------
 
@@ -62,7 +64,8 @@ class Live:
     def resume(self, actor: str) -> Control:
         return self._set(Control(False, self.control.rate), actor)
 
-    def dial(self, rate: float, actor: str) -> Control:
+    def dial(self, rate: float | None, actor: str) -> Control:
+        """`rate` replaces every configured rate; None gives them back."""
         return self._set(Control(self.control.paused, rate), actor)
 
     def _set(self, new: Control, actor: str, event: str | None = None) -> Control:
@@ -137,25 +140,33 @@ class Live:
 
         Callers asking at once share one judgement; the store is read in the verdict thread.
         """
-        if route is not None:
-            return await self._in_thread(self._document, route)
-        if self.latest and time.monotonic() - self.latest[0] < FRESH:
-            return self.latest[1]
-        if self.judging is None:
-            self.judging = asyncio.ensure_future(self._in_thread(self._document, None))
-            self.judging.add_done_callback(self._judged)
-        return await asyncio.shield(self.judging)
+        cached = self.latest.get(route)
+        if cached and time.monotonic() - cached[0] < FRESH:
+            return cached[1]
+        judging = self.judging.get(route)
+        if judging is None:
+            judging = asyncio.ensure_future(self._in_thread(self._document, route))
+            self.judging[route] = judging
+            judging.add_done_callback(lambda done: self._judged(route, done))
+        return await asyncio.shield(judging)
 
-    def _judged(self, future: asyncio.Future[dict[str, Any]]) -> None:
-        self.judging = None
+    def _judged(self, route: str | None, future: asyncio.Future[dict[str, Any]]) -> None:
+        del self.judging[route]
         if not future.cancelled() and future.exception() is None:
-            self.latest = (time.monotonic(), future.result())
+            if len(self.latest) >= MAX_CACHED:  # routes come from the query string: bounded
+                self.latest.clear()
+            self.latest[route] = (time.monotonic(), future.result())
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Judges the run every `control.verdict_every`; alerts on routes that turn FAIL."""
+        """Judges the run every `control.verdict_every` to alert on routes that turn FAIL
+        (only when there are webhooks to tell)."""
+        if not self.cfg.alerts.webhooks:
+            return
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.cfg.control.verdict_every)
+            if stop.is_set():
+                return
             try:
                 doc = await self.verdict()
             except Exception as e:  # an unreadable store is shown by /healthz, not fatal here
@@ -189,13 +200,13 @@ class Live:
 
     def _store(self) -> Store:
         if self.reader is None:
-            self.reader = Store(self.cfg.store, create=False)
+            self.reader = open_store(self.cfg.store, create=False)
         return self.reader
 
     def _document(self, route: str | None) -> dict[str, Any]:
         from shadowdiff.evidence import document  # scipy: a second of import, not at start
 
-        doc, _, _ = document(self._store(), self.cfg.run, self.cfg, route)
+        doc, _, _ = document(self._store(), self.cfg.run, self.cfg, route, live=True)
         return doc
 
     def _examples(self, route: str, path: str) -> list[dict[str, Any]]:

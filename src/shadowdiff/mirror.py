@@ -91,6 +91,8 @@ class Mirror:
     async def send(self, base: str, request: RequestSnapshot) -> Outcome:
         """One copy to `base + path`; never raises, every failure is an outcome."""
         started = time.perf_counter()
+        if not request.path.startswith("/"):  # `@host/…` would make `base` a user name
+            return Outcome(error="protocol", latency=0.0)
         try:
             async with self.session.request(
                 request.method,

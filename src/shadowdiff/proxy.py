@@ -7,8 +7,10 @@ hook hands the worker its last records and waits for it to flush.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import subprocess
 
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
@@ -41,7 +43,13 @@ async def serve(cfg: Config) -> None:
     except TimeoutError:
         ready = False
     if not ready:
+        status = None
+        if tap.worker is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # it said goodbye: reap it
+                status = tap.worker.wait(timeout=5.0)
         tap.done()
+        if status is not None:
+            raise StartupError(f"the worker process stopped at start (status {status}); see above")
         raise StartupError(f"the worker process did not start within {WORKER_START:.0f}s")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

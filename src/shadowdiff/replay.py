@@ -42,7 +42,7 @@ from shadowdiff.exchange import Outcome, PrimaryResult, RequestSnapshot, Setup
 from shadowdiff.mirror import Mirror
 from shadowdiff.recording import Entry, Recording
 from shadowdiff.sampling import Sampler
-from shadowdiff.store import Store
+from shadowdiff.store import open_store
 from shadowdiff.worker import Worker
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -87,6 +87,8 @@ def not_eligible(request: RequestSnapshot) -> str | None:
     names = {name.lower() for name, _ in request.headers}
     if request.method == "CONNECT":
         return "connect"
+    if not request.path.startswith("/"):
+        return "target"
     if SHADOW_MARKER[0].lower().encode() in names:
         return "loop"
     if b"upgrade" in names:
@@ -301,7 +303,7 @@ async def replay(
     flight gets `mirror.grace`, and everything recorded is kept.
     """
     instance = f"replay:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-    store = Store(cfg.store)
+    store = open_store(cfg.store)
     worker = Worker(Setup(config=cfg, instance=instance), store)
     worker.counts.update({f"skipped.{k}": v for k, v in recording.skipped.items()})
     worker.dirty = True

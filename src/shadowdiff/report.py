@@ -14,6 +14,7 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -88,7 +89,12 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "Counts: " + md_escape(_counts_line(doc.get("counts", {}))),
         "",
         *[f"Accounting: {md_escape(problem)}" for problem in doc.get("accounting", [])],
-        *([""] if doc.get("accounting") else []),
+        *[
+            f"Mirroring {md_escape(e['kind'])} by {md_escape(e['actor'])} at "
+            f"{_time(e['ts'])} ({md_escape(e['old'])} → {md_escape(e['new'])})"
+            for e in doc.get("events", [])
+        ],
+        *([""] if doc.get("accounting") or doc.get("events") else []),
         "### Checks not passing",
         "",
     ]
@@ -202,6 +208,7 @@ def render_html(doc: Mapping[str, Any], extras: Mapping[str, Any]) -> str:
             by_rate=sorted(views, key=lambda v: -(v["route"].get("divergence_rate") or 0)),
             series=SERIES,
             fmt_num=_num,
+            fmt_time=_time,
             fmt_pct=_pct,
             fmt_ms=_ms,
             fmt_ratio=_ratio,
@@ -270,6 +277,10 @@ def _pct(rate: float | None) -> str:
         return "—"
     pct = rate * 100
     return f"{pct:.1f} %" if pct >= 1 or pct == 0 else f"{pct:.2g} %"
+
+
+def _time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _ms(seconds: float | None) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -21,7 +23,7 @@ SCHEMA_VERSION = 3
 MIGRATES_FROM = ("2",)
 """Older versions this one upgrades in place: version 3 only adds the events table."""
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS exchanges (
     id INTEGER PRIMARY KEY,
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS divergences (
     rule TEXT
 );
 CREATE INDEX IF NOT EXISTS divergences_run_route ON divergences (run, route, side, path);
+CREATE INDEX IF NOT EXISTS divergences_flow ON divergences (run, instance, flow_id);
 CREATE TABLE IF NOT EXISTS examples (
     run TEXT NOT NULL,
     route TEXT NOT NULL,
@@ -86,41 +89,68 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-_SIDES = ("primary", "shadow", "secondary")
-_COLUMNS = (
+SIDES = ("primary", "shadow", "secondary")
+COLUMNS = (
     "run, instance, flow_id, ts, route, method, path, request_headers, request_body, "
-    + ", ".join(f"{s}_status, {s}_error, {s}_latency, {s}_headers, {s}_body" for s in _SIDES)
+    + ", ".join(f"{s}_status, {s}_error, {s}_latency, {s}_headers, {s}_body" for s in SIDES)
     + ", shadow_result, secondary_result"
 )
+
+
+def masked(target: str) -> str:
+    """A store target fit to print: a URL's password (in the authority or the query) as ***."""
+    parts = urlsplit(target)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hosts}"
+    query = "&".join(
+        "password=***" if item.partition("=")[0] == "password" else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def open_store(target: str, create: bool = True) -> Store:
+    """The store a `--store` value names: a PostgreSQL URL (`postgresql://…`, for a fleet),
+    or else a SQLite file. Both have one interface; tests/test_pgstore.py holds them to the
+    same signatures and the same answers."""
+    if target.startswith(("postgresql://", "postgres://")):
+        from shadowdiff.pgstore import PostgresStore  # psycopg is loaded only when asked for
+
+        return cast(Store, PostgresStore(target, create))
+    return Store(target, create)
 
 
 class StoreError(Exception):
     """The store cannot be used (unreadable, not a shadowdiff store, other schema version)."""
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
     """Text SQLite can store: a lone surrogate from a hostile body becomes its escape."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _headers_out(headers: Headers) -> bytes:
+def headers_out(headers: Headers) -> bytes:
     return orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
 
 
-def _headers_in(blob: bytes | None) -> Headers:
+def headers_in(blob: bytes | None) -> Headers:
     if not blob:
         return []
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in orjson.loads(blob)]
 
 
-def _side(outcome: Outcome | None) -> tuple[object, ...]:
+def side_row(outcome: Outcome | None) -> tuple[object, ...]:
     if outcome is None:
         return (None, None, None, None, None)
     return (
         outcome.status,
         outcome.error,
         outcome.latency,
-        _headers_out(outcome.headers),
+        headers_out(outcome.headers),
         outcome.body,
     )
 
@@ -149,7 +179,7 @@ class Store:
             if tables or not create:
                 raise StoreError(f"{self.path}: not a shadowdiff store")
             with self.db:
-                self.db.executescript(_SCHEMA)
+                self.db.executescript(SCHEMA)
                 self.db.execute(
                     "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -158,7 +188,7 @@ class Store:
         version = row[0] if row else "unknown"
         if version in MIGRATES_FROM:
             with self.db:  # every statement of the schema is idempotent
-                self.db.executescript(_SCHEMA)
+                self.db.executescript(SCHEMA)
                 self.db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
                 )
@@ -197,14 +227,14 @@ class Store:
                 instance,
                 x.request.flow_id,
                 x.request.timestamp,
-                _clean(x.route),
-                _clean(x.request.method),
-                _clean(x.request.path),
-                _headers_out(x.request.headers),
+                clean(x.route),
+                clean(x.request.method),
+                clean(x.request.path),
+                headers_out(x.request.headers),
                 x.request.body,
-                *_side(x.primary),
-                *_side(x.shadow),
-                *_side(x.secondary),
+                *side_row(x.primary),
+                *side_row(x.shadow),
+                *side_row(x.secondary),
                 result_of(x.shadow_diffs),
                 result_of(x.secondary_diffs) if x.secondary else None,
             )
@@ -215,36 +245,36 @@ class Store:
                 run,
                 instance,
                 x.request.flow_id,
-                _clean(x.route),
+                clean(x.route),
                 side,
-                _clean(d.path),
+                clean(d.path),
                 d.kind,
-                _clean(d.left),
-                _clean(d.right),
+                clean(d.left),
+                clean(d.right),
                 d.rule,
             )
             for x in exchanges
             for side, listed in (("shadow", x.shadow_diffs), ("secondary", x.secondary_diffs))
             for d in listed
         ]
-        marks = ", ".join("?" * (11 + 5 * len(_SIDES)))
+        marks = ", ".join("?" * (11 + 5 * len(SIDES)))
         with self.db:
             for old, new in merges:
                 self._merge(run, old, new)
-            self.db.executemany(f"INSERT INTO exchanges ({_COLUMNS}) VALUES ({marks})", rows)
+            self.db.executemany(f"INSERT INTO exchanges ({COLUMNS}) VALUES ({marks})", rows)
             self.db.executemany(
                 "INSERT INTO divergences VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", diffs
             )
             self.db.executemany(
                 "INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (run, _clean(route), _clean(path), slot, instance, flow)
+                    (run, clean(route), clean(path), slot, instance, flow)
                     for route, path, slot, flow in examples
                 ],
             )
             self.db.executemany(
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run, instance, e.ts, e.kind, _clean(e.actor), e.old, e.new) for e in events],
+                [(run, instance, e.ts, e.kind, clean(e.actor), e.old, e.new) for e in events],
             )
             self.db.executemany(
                 "INSERT INTO counts VALUES (?, ?, ?, ?, ?)"
@@ -336,7 +366,8 @@ class Store:
         """(route, side, exchange key, path, kind, rule, left, right) for every divergence."""
         rows = self.db.execute(
             "SELECT route, side, instance || ' ' || flow_id, path, kind, rule,"
-            " left_value, right_value FROM divergences WHERE run = ?",
+            " left_value, right_value FROM divergences WHERE run = ?"
+            " ORDER BY route, side, path, rowid",
             (run,),
         )
         yield from rows
@@ -384,19 +415,17 @@ class Store:
             args,
         ):
             diffs.setdefault((row[0], row[1]), []).append((row[2], Divergence(*row[3:])))
-        cursor = self.db.execute(
-            f"SELECT {_COLUMNS} FROM exchanges WHERE {where} ORDER BY id", args
-        )
+        cursor = self.db.execute(f"SELECT {COLUMNS} FROM exchanges WHERE {where} ORDER BY id", args)
         for row in cursor:
             request = RequestSnapshot(
                 flow_id=row[2],
                 method=row[5],
                 path=row[6],
-                headers=_headers_in(row[7]),
+                headers=headers_in(row[7]),
                 body=row[8],
                 timestamp=row[3],
             )
-            sides = [_outcome(row[9 + 5 * i : 14 + 5 * i]) for i in range(len(_SIDES))]
+            sides = [outcome_of(row[9 + 5 * i : 14 + 5 * i]) for i in range(len(SIDES))]
             primary, shadow, secondary = sides
             assert primary is not None and shadow is not None
             found = diffs.get((row[1], row[2]), [])
@@ -411,13 +440,13 @@ class Store:
             )
 
 
-def _outcome(cols: tuple[object, ...]) -> Outcome | None:
+def outcome_of(cols: tuple[object, ...]) -> Outcome | None:
     status, error, latency, headers, body = cols
     if status is None and error is None:
         return None
     return Outcome(
         status=status,  # type: ignore[arg-type]
-        headers=_headers_in(headers),  # type: ignore[arg-type]
+        headers=headers_in(headers),  # type: ignore[arg-type]
         body=body or b"",  # type: ignore[arg-type]
         latency=latency,  # type: ignore[arg-type]
         error=error,  # type: ignore[arg-type]

@@ -29,6 +29,10 @@ logger = logging.getLogger("shadowdiff.tap")
 COUNTS_EVERY = 1.0
 """Seconds between the tap's counter updates to the worker."""
 
+_last_control = Control(paused=False, rate=None)
+"""The switch and the dial as last set: mitmproxy re-creates the addon on a script reload,
+but this module stays loaded, so a paused proxy stays paused."""
+
 _OPTIONS = {
     "shadowdiff_shadow": "shadow",
     "shadowdiff_secondary": "secondary",
@@ -65,7 +69,7 @@ class ShadowDiff:
         self.writer: Writer | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.ticker: asyncio.TimerHandle | None = None
-        self.control = Control(paused=False, rate=None)
+        self.control = _last_control  # a reloaded script keeps the switch and the dial
 
     # -- options ---------------------------------------------------------------------------
 
@@ -173,9 +177,10 @@ class ShadowDiff:
 
     def _apply(self, record: object) -> None:
         """A control record from the worker: the kill switch and the dial, at once."""
+        global _last_control
         if not isinstance(record, Control) or self.sampler is None:
             return
-        self.control = record
+        self.control = _last_control = record
         self.sampler.paused = record.paused
         self.sampler.dial = record.rate
 
@@ -254,6 +259,8 @@ class ShadowDiff:
             return "replay"
         if request.method == "CONNECT":
             return "connect"
+        if not request.path.startswith("/"):  # `*`, or an HTTP/2 :path that would aim elsewhere
+            return "target"
         if request.headers.get(SHADOW_MARKER[0]) is not None:
             return "loop"
         if "upgrade" in request.headers:

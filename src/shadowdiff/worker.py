@@ -25,7 +25,7 @@ from shadowdiff import control
 from shadowdiff.alerts import Alerter
 from shadowdiff.breaker import CircuitBreaker
 from shadowdiff.channel import Reader
-from shadowdiff.config import ConfigError, access_token
+from shadowdiff.config import ConfigError, access_token, loopback
 from shadowdiff.counts import summary_line
 from shadowdiff.exchange import (
     Exchange,
@@ -39,9 +39,12 @@ from shadowdiff.live import Live
 from shadowdiff.metrics import Gauges, Metrics
 from shadowdiff.mirror import Mirror
 from shadowdiff.recorder import Recorder
-from shadowdiff.store import Store
+from shadowdiff.store import Store, StoreError, open_store
 
 logger = logging.getLogger("shadowdiff.worker")
+
+FINAL_WRITE = 5.0
+"""Seconds a stopping worker keeps retrying a store that refuses its last batch."""
 
 PRIMARY_WAIT = 60.0
 """How long a copy waits for the primary's result before it is let go and counted as
@@ -225,8 +228,18 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.mirror.close()
-        self.dirty = True
-        await self.flush()
+        deadline = time.monotonic() + FINAL_WRITE
+        while True:  # the last batch, through a store outage if it ends soon enough
+            self.dirty = True
+            await self.flush()
+            if not self.recorder.unwritten or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if self.recorder.unwritten:
+            logger.error(
+                "the store refused the last writes: %d exchanges recorded but not written are lost",
+                len(self.recorder.unwritten),
+            )
         self.executor.shutdown()
 
 
@@ -246,7 +259,11 @@ async def serve(sock: socket.socket) -> int:
     )
     logging.getLogger().setLevel(setup.config.log_level.upper())
     cfg = setup.config
-    store = Store(cfg.store)
+    try:
+        store = open_store(cfg.store)
+    except StoreError as e:
+        logger.error("cannot open the store: %s", e)
+        return 2
     worker = Worker(setup, store)
     alerter = Alerter(cfg.alerts, cfg.run, worker.counts)
     live = worker.live = Live(cfg, setup.control, reader.send, alerter)
@@ -256,6 +273,7 @@ async def serve(sock: socket.socket) -> int:
         server = await _control_server(worker, live, metrics)
     except (ConfigError, OSError) as e:
         logger.error("control server cannot start on %s: %s", cfg.control.listen, e)
+        await worker.mirror.close()
         store.close()
         return 2
     await alerter.start()
@@ -270,9 +288,8 @@ async def serve(sock: socket.socket) -> int:
     await watcher
     if server:
         await server.cleanup()
+    await asyncio.gather(worker.shutdown(), alerter.close(timeout=cfg.mirror.grace))
     await live.close()
-    await alerter.close(timeout=cfg.mirror.grace)
-    await worker.shutdown()
     store.close()
     logger.info("%s (store %s)", summary_line(cfg.run, worker.merged()), store.path)
     return 0
@@ -283,7 +300,8 @@ async def _control_server(worker: Worker, live: Live, metrics: Metrics) -> web.A
     if listen is None:
         return None
     token = access_token(worker.cfg.control)
-    runner = await control.serve(control.build(worker, live, metrics, token), listen)
+    app = control.build(worker, live, metrics, token, loopback(listen.rpartition(":")[0]))
+    runner = await control.serve(app, listen)
     logger.info("control server on http://%s (dashboard, /metrics, /verdict)", listen)
     return runner
 
@@ -295,6 +313,9 @@ def main() -> None:
     # Ctrl-C reaches the whole process group: the tap decides when the worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
+    # psycopg's pool logs every reconnect attempt during a database outage; the recorder
+    # already says once per batch that it will retry.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     sock = socket.socket(fileno=args.fd)
     raise SystemExit(asyncio.run(serve(sock)))
 

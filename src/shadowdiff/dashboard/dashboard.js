@@ -280,7 +280,7 @@
       c.dial === null || c.dial === undefined
         ? `as configured (${fmtPct(c.config_rate)})`
         : `set live; configured ${fmtPct(c.config_rate)}`;
-    $("rate-reset").hidden = c.dial === null || c.dial === undefined || c.dial === c.config_rate;
+    $("rate-reset").hidden = c.dial === null || c.dial === undefined;
     renderBusy();
     renderTitle();
   }
@@ -739,7 +739,7 @@
     });
     typed.addEventListener("change", () => setRate(typed.value));
     $("rate-reset").addEventListener("click", () => {
-      if (state.control) setRate(state.control.config_rate);
+      change("Returning to the configured rates", "PUT", "/mirror/sample-rate", "null");
     });
     $("auth").addEventListener("submit", (event) => {
       event.preventDefault();
