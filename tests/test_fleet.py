@@ -12,7 +12,9 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -199,5 +201,58 @@ async def test_database_outage_leaves_live_traffic_alone_and_loses_nothing(
     assert imbalance(counts) == [], counts
     sent = 200 + 10 * len(during)
     assert counts["seen"] == counts["sampled"] == counts["recorded"] == sent, (counts, out)
+    for runner in (primary[0], shadow[0]):
+        await runner.cleanup()
+
+
+def free_pair() -> int:
+    """A port p with p + 1 free too: `--processes 2` takes both."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
+async def test_processes_run_a_fleet_on_one_host(client, tmp_path, cluster: Cluster):
+    primary, shadow = await api(False), await api(True)
+    listen, control = free_pair(), free_pair()
+    with schema(cluster.url, "processes") as store:
+        args = [
+            sys.executable,
+            *("-m", "shadowdiff", "proxy", "--processes=2", "--sample=1", "--run=p"),
+            f"--primary={primary[1]}",
+            f"--shadow={shadow[1]}",
+            f"--listen=127.0.0.1:{listen}",
+            f"--control=127.0.0.1:{control}",
+            f"--store={store}",
+        ]
+        fleet = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for port in (listen, listen + 1, control, control + 1):
+                await wait_listening(port, timeout=30)
+            async with nginx(tmp_path, [listen, listen + 1]) as balancer:
+                assert set(await drive(client, balancer, 100)) == {200}
+            done = shadowdiff(
+                "ctl",
+                f"--url=http://127.0.0.1:{control}",
+                f"--url=http://127.0.0.1:{control + 1}",
+                "pause",
+            )
+            assert done.returncode == 0 and done.stdout.count("mirroring PAUSED") == 2, done
+        finally:
+            fleet.send_signal(signal.SIGTERM)
+            out, _ = fleet.communicate(timeout=60)
+        assert fleet.returncode == 0 and "Traceback" not in out, out
+        assert out.count("shadowdiff: run 'p'") == 2  # each process sums up on its way out
+        with open_store(store, create=False) as shared:
+            books = shared.instance_counts("p")
+            events = shared.events("p")
+    assert len(books) == 2 and sum(b["recorded"] for b in books.values()) == 100
+    assert all(imbalance(b) == [] for b in books.values())
+    assert [e.kind for e in events] == ["paused", "paused"]
     for runner in (primary[0], shadow[0]):
         await runner.cleanup()
