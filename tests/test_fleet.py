@@ -161,10 +161,13 @@ async def killed(start_proxy, client, tmp_path, primary, shadow, store: str) -> 
     for instance, counts in books.items():
         if instance != dead:
             assert imbalance(counts) == [], counts  # the survivor's books balance
+    # All its tap reported (maybe nothing yet: it reports once a second) is recorded or counted.
     fate = books[dead].get("recorded", 0) + total(books[dead], "dropped")
-    assert fate >= books[dead]["sampled"] > 0  # all its tap reported is recorded or counted
+    assert fate >= books[dead].get("sampled", 0) and fate > 0
     doc = verdict(store, "kill")
-    assert doc["verdict"] != "FAIL" and 200 < doc["counts"]["recorded"] <= 600
+    # A request the dead proxy had mirrored but not answered is retried by nginx on the other
+    # and mirrored again: a few more exchanges than client requests is right.
+    assert doc["verdict"] != "FAIL" and 200 < doc["counts"]["recorded"] <= 600 + 20
     if imbalance(books[dead]):  # what it sampled after its last report: the report says so
         assert [a for a in doc["accounting"] if dead in a] and len(doc["accounting"]) == 1
         html = shadowdiff("report", f"--store={store}", "--run=kill", "--format=html")

@@ -73,3 +73,17 @@ def test_a_failing_store_keeps_the_batch_and_compares_it_once(tmp_path):
     counts = rec.store.counts("r")
     assert counts["recorded"] == counts["compared"] == 2 and not rec.unwritten
     assert (counts["divergent"], counts["matched"]) == (1, 1)
+
+
+def test_a_backlog_is_written_in_chunks(tmp_path, monkeypatch):
+    """An outage's backlog goes in transactions a statement time limit can hold."""
+    monkeypatch.setattr("shadowdiff.recorder.CHUNK", 3)
+    rec = recorder(tmp_path)
+    seen: list[int] = []
+    rec.on_written = lambda batch: seen.append(len(batch))
+    tap = {"tap": {"seen": 10, "sampled": 10}}
+    rec.record([exchange(i, f"/u/{i}", {"a": 1}) for i in range(10)], tap)
+    assert seen == [3, 3, 3, 1] and rec.unwritten == []
+    counts = rec.store.counts("r")
+    assert counts["recorded"] == 10 and imbalance(counts) == []
+    assert len(list(rec.store.exchanges("r"))) == 10

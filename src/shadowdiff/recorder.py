@@ -25,6 +25,8 @@ from shadowdiff.store import Store
 
 logger = logging.getLogger("shadowdiff.recorder")
 
+CHUNK = 2_000
+"""Exchanges written in one transaction at most."""
 MAX_UNWRITTEN = 50_000
 """Exchanges kept while the store refuses writes; beyond, the oldest are dropped and counted."""
 
@@ -62,16 +64,26 @@ class Recorder:
         counts: dict[str, dict[str, int]],
         events: list[Event] | None = None,
     ) -> None:
-        """Analyses a batch and writes it with everything still unwritten; never raises."""
+        """Analyses a batch and writes it with everything still unwritten; never raises.
+
+        Writes go in transactions of at most CHUNK exchanges, so the backlog of an outage is
+        caught up in steps that each fit a statement's time limit."""
         self.unwritten.extend(self.analyse(batch))
         self.events.extend(events or ())
+        while self._write_chunk(counts) and self.unwritten:
+            pass
+
+    def _write_chunk(self, counts: dict[str, dict[str, int]]) -> bool:
+        """Writes the oldest CHUNK unwritten exchanges with the latest counters; whether the
+        store took them (or refused them for good, dropped and counted)."""
+        chunk = self.unwritten[:CHUNK]
         books = self.books.copy()
-        books["recorded"] += len(self.unwritten)  # true once this transaction commits
+        books["recorded"] += len(chunk)  # true once this transaction commits
         try:
             self.store.write(
                 self.cfg.run,
                 self.instance,
-                self.unwritten,
+                chunk,
                 {**counts, "store": dict(books)},
                 self.merges,
                 self.examples,
@@ -84,26 +96,25 @@ class Recorder:
             if lost > 0:
                 del self.unwritten[:lost]
                 self.books["dropped.store"] += lost
-            return
-        except Exception:  # a batch the store can never take must not block the ones after it
+            return False
+        except Exception:  # exchanges the store can never take must not block those after them
             logger.exception(
-                "store %s refused a batch; %d exchanges dropped",
-                self.store.path,
-                len(self.unwritten),
+                "store %s refused a batch; %d exchanges dropped", self.store.path, len(chunk)
             )
-            self.books["dropped.store"] += len(self.unwritten)
-            self.unwritten.clear()
-            return
-        self.books["recorded"] += len(self.unwritten)
+            self.books["dropped.store"] += len(chunk)
+            del self.unwritten[: len(chunk)]
+            return True
+        self.books["recorded"] += len(chunk)
         self.last_write, self.last_error = time.monotonic(), None
-        written, self.unwritten = self.unwritten, []
+        del self.unwritten[: len(chunk)]
         self.merges.clear()
         self.examples.clear()
         self.events.clear()
         try:
-            self.on_written(written)
+            self.on_written(chunk)
         except Exception:  # a face must never stop the recording
             logger.exception("observing a written batch failed")
+        return True
 
     def analyse(self, batch: list[Exchange]) -> list[Exchange]:
         """Routes, compares and redacts; an exchange the comparison chokes on is dropped and
