@@ -7,6 +7,6 @@ import sys
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
 
-from shadowdiff.tap import ShadowDiff  # noqa: E402
+from shadowdiff.live.tap import ShadowDiff  # noqa: E402
 
 addons = [ShadowDiff()]

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from deepdiff import DeepDiff
 
-from shadowdiff.jsondiff import diff
+from shadowdiff.compare.jsondiff import diff
 
 SIZES = {"0.8 KB": 800, "8 KB": 8_000, "80 KB": 80_000}
 TARGET_CHANGED = 50.0  # on 8 KB with one changed leaf

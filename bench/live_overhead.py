@@ -200,7 +200,7 @@ def proxy_args(sample: str | None, port: int, ports: dict[str, int], store: Path
 
 
 def read_counts(store: Path) -> dict[str, int]:
-    from shadowdiff.store import Store
+    from shadowdiff.store.sqlite import Store
 
     with Store(store, create=False) as s:
         return s.counts("bench")

@@ -32,9 +32,9 @@ from mitmproxy import connection, http
 from mitmproxy.io import FlowWriter
 
 from shadowdiff.config import load_config
-from shadowdiff.recorder import Recorder
-from shadowdiff.recording import Recording, read
-from shadowdiff.replay import replay
+from shadowdiff.replay.flowfiles import Recording, read
+from shadowdiff.replay.replay import replay
+from shadowdiff.worker.recorder import Recorder
 
 REPLAY_CPU, SERVICE_CPU = 0, "1"
 CONNECTIONS = 100

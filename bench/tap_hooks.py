@@ -24,7 +24,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from shadowdiff.channel import Writer
 from shadowdiff.config import load_config
-from shadowdiff.tap import ShadowDiff
+from shadowdiff.live.tap import ShadowDiff
 
 DRAIN = "import socket,sys\ns=socket.socket(fileno=int(sys.argv[1]))\nwhile s.recv(1<<20): pass"
 BODY = b'{"id": 1, "name": "user 1", "plan": "free", "roles": ["reader"], "bio": "' + b"x" * 200

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from psycopg import sql
 
-from shadowdiff.demo import free_port, start, wait_listening
+from shadowdiff.cli.demo import free_port, start, wait_listening
 
 
 def shadowdiff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,8 +6,8 @@ import asyncio
 import socket
 import time
 
-from shadowdiff.channel import Reader, Writer
-from shadowdiff.exchange import Control, RequestSnapshot
+from shadowdiff.channel import Control, Reader, Writer
+from shadowdiff.model import RequestSnapshot
 
 
 def snapshot(i: int, size: int = 10) -> RequestSnapshot:

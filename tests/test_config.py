@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from shadowdiff.config import ConfigError, load_config, parse_duration, parse_size
+from shadowdiff.config import load_config, parse_duration, parse_size
+from shadowdiff.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "configs" / "example.yaml"
 

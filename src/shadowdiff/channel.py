@@ -16,9 +16,55 @@ import pickle
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from shadowdiff.config import Config
+from shadowdiff.model import Outcome
+
 _HEADER = struct.Struct("!I")
+
+
+# -- the records only the channel carries ---------------------------------------------
+
+
+@dataclass(slots=True)
+class PrimaryResult:
+    """The primary's outcome for a snapshot the tap handed off earlier.
+
+    `skip` names a reason the exchange cannot be compared (a streamed or oversized response):
+    the worker then drops it, counted under that reason.
+    """
+
+    flow_id: str
+    outcome: Outcome
+    skip: str | None = None
+
+
+@dataclass(slots=True)
+class TapCounts:
+    """The tap's cumulative counters, sent periodically so the store can reconcile them."""
+
+    instance: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """Worker → tap: the kill switch and the dial. `rate` None: the config's rates apply."""
+
+    paused: bool
+    rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """The first record on the channel: what the worker needs to know, including the
+    switch and dial a restarted worker must keep."""
+
+    config: Config
+    instance: str
+    control: Control = Control(paused=False, rate=None)
 
 
 def frame(record: Any) -> bytes:

@@ -24,12 +24,10 @@ from pydantic import (
     field_validator,
 )
 
+from shadowdiff.errors import ConfigError
+
 SHADOW_MARKER = ("X-Shadowdiff", "shadow")
 """Header set on every copy; a request that carries it is never mirrored again."""
-
-
-class ConfigError(Exception):
-    """A bad config file or flag; the message is one line, ready for the user."""
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -284,7 +282,7 @@ DEFAULT_REDACTED_HEADERS = ["authorization", "proxy-authorization", "cookie", "s
 
 
 def check_json_path(value: str) -> str:
-    from shadowdiff.jsondiff import Rules as PathRules
+    from shadowdiff.compare.jsondiff import Rules as PathRules
 
     try:
         PathRules(ignore=(str(value),))

@@ -1,0 +1,96 @@
+"""The route an exchange belongs to: method and path template (`GET /users/{id}`).
+
+Configured templates win. Otherwise segments that look like identifiers (integers, UUIDs,
+long hex hashes, long opaque tokens) collapse to `{id}`, and so does any segment position that
+shows more than `collapse_after` distinct values behind the same prefix (`/users/alice`,
+`/users/bob`, ...). Routes that existed before such a collapse are reported as merges, so the
+store can regroup what it already holds. Past `max` routes, new ones go to `other`: memory
+stays bounded whatever the traffic. The query string is never part of a route.
+"""
+
+from __future__ import annotations
+
+import re
+
+from shadowdiff.config import Routes
+
+OTHER = "other"
+
+_ID = re.compile(
+    r"^(?:[0-9]+"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,}"
+    r"|(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{20,})$"
+)
+_PLACEHOLDER = re.compile(r"\{[^/{}]+\}")
+
+
+def looks_like_id(segment: str) -> bool:
+    return bool(_ID.match(segment))
+
+
+def _template_regex(template: str) -> tuple[str | None, re.Pattern[str], str]:
+    """`GET /users/{id}` or `/orders/{order_id}/items` → (method or None, regex, path)."""
+    method, _, path = template.strip().rpartition(" ")
+    parts = _PLACEHOLDER.split(path)
+    pattern = "[^/]+".join(re.escape(part) for part in parts)
+    return (method.upper() or None), re.compile(pattern), path
+
+
+class RouteTable:
+    """Assigns routes to requests, learning from the traffic it sees."""
+
+    def __init__(self, cfg: Routes) -> None:
+        self.templates = [_template_regex(t) for t in cfg.templates]
+        self.max = cfg.max
+        self.collapse_after = cfg.collapse_after
+        self.seen: dict[tuple[str, str], set[str]] = {}
+        self.collapsed: set[tuple[str, str]] = set()
+        self.routes: set[str] = set()
+        self.merges: list[tuple[str, str]] = []
+
+    def route(self, method: str, path: str) -> str:
+        bare = path.partition("?")[0]
+        for wanted, regex, template in self.templates:
+            if (wanted is None or wanted == method) and regex.fullmatch(bare):
+                return f"{method} {template}"
+        prefix = ""
+        for index, segment in enumerate(bare.split("/")):
+            if index:
+                prefix += "/"
+            prefix += self._segment(method, prefix, segment)
+        route = f"{method} {prefix}"
+        if route not in self.routes:
+            if len(self.routes) >= self.max:
+                return OTHER
+            self.routes.add(route)
+        return route
+
+    def _segment(self, method: str, prefix: str, segment: str) -> str:
+        if not segment:
+            return ""
+        if looks_like_id(segment):
+            return "{id}"
+        key = (method, prefix)
+        if key in self.collapsed:
+            return "{id}"
+        values = self.seen.setdefault(key, set())
+        values.add(segment)
+        if len(values) <= self.collapse_after:
+            return segment
+        self.collapsed.add(key)
+        del self.seen[key]
+        for value in values - {segment}:
+            self.merges.append((f"{method} {prefix}{value}", f"{method} {prefix}{{id}}"))
+        self.routes = {r for r in self.routes if not _under(r, f"{method} {prefix}", values)}
+        return "{id}"
+
+    def take_merges(self) -> list[tuple[str, str]]:
+        """Route prefixes that collapsed since the last call: (old prefix, new prefix)."""
+        merges, self.merges = self.merges, []
+        return merges
+
+
+def _under(route: str, prefix: str, values: set[str]) -> bool:
+    rest = route.removeprefix(prefix)
+    return rest != route and rest.split("/", 1)[0] in values

@@ -1,0 +1,268 @@
+"""The control server: metrics, the live verdict, health, the kill switch and the dashboard.
+
+It runs in the worker process, on the worker's loop, never on the proxy's: a scrape, a verdict
+or a dashboard left open cannot take a cycle from live traffic. The switch reaches the tap over
+the worker's channel within milliseconds. Mutating endpoints refuse cross-origin browser
+requests, and need the bearer token when one is set (mandatory beyond loopback).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from shadowdiff.faces.metrics import Metrics
+    from shadowdiff.faces.verdict import LiveVerdict
+
+logger = logging.getLogger("shadowdiff.control")
+
+DIVERGENCES_SHOWN = 50
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_ASSETS = {
+    "/": ("index.html", "text/html"),
+    "/dashboard.js": ("dashboard.js", "text/javascript"),
+    "/dashboard.css": ("dashboard.css", "text/css"),
+}
+
+_READ_ONLY = {"/gate"}
+"""Paths a rollout controller may POST to without the token: they only read (Flagger's
+webhooks always POST)."""
+
+
+class Switch(Protocol):
+    """The kill switch and the dial, as the server drives them (the worker's `Switch`)."""
+
+    def state(self) -> dict[str, Any]: ...
+    def pause(self, actor: str) -> object: ...
+    def resume(self, actor: str) -> object: ...
+    def dial(self, rate: float | None, actor: str) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What the server shows, as callables and objects handed in by the composition root:
+    it reads them, never the worker itself."""
+
+    switch: Switch
+    verdicts: LiveVerdict
+    metrics: Metrics
+    status: Callable[[], dict[str, Any]]
+    health: Callable[[], dict[str, Any]]
+
+
+_SOURCES: web.AppKey[Sources] = web.AppKey("sources")
+_TOKEN: web.AppKey[str | None] = web.AppKey("token")
+_LOOPBACK: web.AppKey[bool] = web.AppKey("loopback")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _refusal(request: web.Request) -> web.Response | None:
+    """Why a mutating request is refused, if it is."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        return _json({"error": f"cross-origin request from {origin} refused"}, 403)
+    token = request.app[_TOKEN]
+    if token is None:
+        return None
+    given = request.headers.get("Authorization", "")
+    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return None
+    return web.Response(
+        status=401,
+        body=orjson.dumps({"error": "a bearer token is required (Authorization: Bearer …)"}),
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="shadowdiff"'},
+    )
+
+
+def _rebound(request: web.Request) -> bool:
+    """A request to a loopback-only server under another host name: a web page that had its
+    own name resolved to 127.0.0.1 (DNS rebinding) to reach the switch and the examples."""
+    if not request.app[_LOOPBACK]:
+        return False
+    host = (urlsplit("//" + request.host).hostname or "").lower()
+    return host not in ("localhost", "127.0.0.1", "::1") and not host.startswith("127.")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    if _rebound(request):
+        return _json({"error": f"host {request.host!r} refused: use 127.0.0.1 or localhost"}, 403)
+    if request.method not in ("GET", "HEAD", "OPTIONS") and request.path not in _READ_ONLY:
+        refusal = _refusal(request)
+        if refusal is not None:
+            return refusal
+    response: web.StreamResponse = await handler(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+def _actor(request: web.Request) -> str:
+    """Who asked: the name a client gave (`X-Shadowdiff-Actor`), and where from."""
+    name = request.headers.get("X-Shadowdiff-Actor", "").strip()[:80]
+    peer = request.remote or "unknown"
+    return f"{name} from {peer}" if name else peer
+
+
+async def _pause(request: web.Request) -> web.Response:
+    switch = request.app[_SOURCES].switch
+    switch.pause(_actor(request))
+    return _json(switch.state())
+
+
+async def _resume(request: web.Request) -> web.Response:
+    switch = request.app[_SOURCES].switch
+    switch.resume(_actor(request))
+    return _json(switch.state())
+
+
+async def _sample_rate(request: web.Request) -> web.Response:
+    """The dial: a number 0..1 replaces every configured rate; null gives them back."""
+    switch = request.app[_SOURCES].switch
+    text = (await request.text()).strip()
+    wrong = (
+        "body must be a number between 0 and 1, or null for the configured rates, "
+        f"got {text[:40]!r}"
+    )
+    try:
+        value = orjson.loads(text) if text else ""
+        if isinstance(value, dict):
+            value = value.get("rate", "")
+        rate = None if value is None else float(value)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return _json({"error": wrong}, 400)
+    if rate is not None and not 0.0 <= rate <= 1.0:
+        return _json({"error": wrong}, 400)
+    switch.dial(rate, _actor(request))
+    return _json(switch.state())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[_SOURCES].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _judged(request: web.Request) -> tuple[dict[str, Any], int]:
+    """The live verdict document (of `?route=`), or why there is none (503)."""
+    try:
+        return await request.app[_SOURCES].verdicts.verdict(request.query.get("route")), 200
+    except Exception as e:  # an unreadable store: say so, the worker goes on
+        return {"verdict": "INCONCLUSIVE", "error": f"cannot judge the run: {e}"}, 503
+
+
+async def _verdict(request: web.Request) -> web.Response:
+    return _json(*await _judged(request))
+
+
+async def _gate(request: web.Request) -> web.Response:
+    """For Flagger's webhooks (and anyone who gates on a status code): 200 when the live
+    verdict is PASS, 412 when FAIL or INCONCLUSIVE, with the verdict document either way."""
+    doc, status = await _judged(request)
+    return _json(doc, 200 if doc["verdict"] == "PASS" else max(status, 412))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    report = request.app[_SOURCES].health()
+    return _json(report, 200 if report["status"] == "ok" else 503)
+
+
+async def _status(request: web.Request) -> web.Response:
+    """Everything `shadowdiff ctl status` and the dashboard show besides the verdict."""
+    sources = request.app[_SOURCES]
+    status = sources.status()
+    return _json(
+        {
+            "run": status["run"],
+            "instance": status["instance"],
+            **sources.switch.state(),
+            "counts": status["counts"],
+            "health": sources.health(),
+        }
+    )
+
+
+async def _divergences(request: web.Request) -> web.Response:
+    rows = await request.app[_SOURCES].verdicts.divergences(DIVERGENCES_SHOWN)
+    names = ("route", "path", "kind", "primary", "shadow")
+    return _json([dict(zip(names, row, strict=True)) for row in rows])
+
+
+async def _examples(request: web.Request) -> web.Response:
+    route, path = request.query.get("route"), request.query.get("path")
+    if not route or not path:
+        return _json({"error": "route and path are required"}, 400)
+    return _json(await request.app[_SOURCES].verdicts.examples(route, path))
+
+
+async def _asset(request: web.Request) -> web.Response:
+    name, kind = _ASSETS[request.path]
+    text = resources.files("shadowdiff.faces").joinpath("dashboard", name).read_bytes()
+    return web.Response(
+        body=text, content_type=kind, charset="utf-8", headers={"Content-Security-Policy": CSP}
+    )
+
+
+def build(
+    switch: Switch,
+    verdicts: LiveVerdict,
+    metrics: Metrics,
+    status: Callable[[], dict[str, Any]],
+    health: Callable[[], dict[str, Any]],
+    token: str | None,
+    loopback: bool,
+) -> web.Application:
+    """`status` gives run, instance and counts; `health` the worker's health report.
+    `loopback`: the server listens on loopback only, so only loopback names may ask."""
+    app = web.Application(middlewares=[_guard], client_max_size=4096)
+    app[_SOURCES] = Sources(switch, verdicts, metrics, status, health)
+    app[_TOKEN] = token
+    app[_LOOPBACK] = loopback
+    for path in _ASSETS:
+        app.router.add_get(path, _asset)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/verdict", _verdict)
+    app.router.add_route("GET", "/gate", _gate)
+    app.router.add_route("POST", "/gate", _gate)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/api/status", _status)
+    app.router.add_get("/api/divergences", _divergences)
+    app.router.add_get("/api/examples", _examples)
+    app.router.add_post("/mirror/pause", _pause)
+    app.router.add_post("/mirror/resume", _resume)
+    app.router.add_put("/mirror/sample-rate", _sample_rate)
+    return app
+
+
+async def serve(app: web.Application, listen: str) -> web.AppRunner:
+    """Starts listening; raises OSError (port taken) for the caller to report."""
+    host, _, port = listen.rpartition(":")
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner

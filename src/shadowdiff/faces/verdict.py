@@ -1,0 +1,122 @@
+"""The live verdict of a running worker, and the alerts for routes that turn FAIL.
+
+Reading the store and judging run in a thread of their own, so copies never wait for a
+verdict; concurrent callers share one judgement, kept FRESH seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from shadowdiff.compare import Redactor
+from shadowdiff.config import Config
+from shadowdiff.faces.alerts import Alert, Alerter
+from shadowdiff.store import Store, open_store
+
+logger = logging.getLogger("shadowdiff.live")  # the name operators filter on
+
+FRESH = 1.0
+"""Seconds a computed verdict is served before it is judged again."""
+MAX_CACHED = 100
+"""Verdicts of single routes kept; the cache starts afresh beyond."""
+
+
+class LiveVerdict:
+    def __init__(self, cfg: Config, alerter: Alerter) -> None:
+        self.cfg = cfg
+        self.alerter = alerter
+        self.failing: set[str] = set()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict")
+        self.reader: Store | None = None  # opened and used in the verdict thread only
+        self.latest: dict[str | None, tuple[float, dict[str, Any]]] = {}
+        self.judging: dict[str | None, asyncio.Future[dict[str, Any]]] = {}
+
+    async def verdict(self, route: str | None = None) -> dict[str, Any]:
+        """The verdict document of the run (or of one route); at most FRESH seconds old.
+
+        Callers asking at once share one judgement; the store is read in the verdict thread.
+        """
+        cached = self.latest.get(route)
+        if cached and time.monotonic() - cached[0] < FRESH:
+            return cached[1]
+        judging = self.judging.get(route)
+        if judging is None:
+            judging = asyncio.ensure_future(self._in_thread(self._document, route))
+            self.judging[route] = judging
+            judging.add_done_callback(lambda done: self._judged(route, done))
+        return await asyncio.shield(judging)
+
+    def _judged(self, route: str | None, future: asyncio.Future[dict[str, Any]]) -> None:
+        del self.judging[route]
+        if not future.cancelled() and future.exception() is None:
+            if len(self.latest) >= MAX_CACHED:  # routes come from the query string: bounded
+                self.latest.clear()
+            self.latest[route] = (time.monotonic(), future.result())
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Judges the run every `control.verdict_every` to alert on routes that turn FAIL
+        (only when there are webhooks to tell)."""
+        if not self.cfg.alerts.webhooks:
+            return
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.control.verdict_every)
+            if stop.is_set():
+                return
+            try:
+                doc = await self.verdict()
+            except Exception as e:  # an unreadable store is shown by /healthz, not fatal here
+                logger.error("cannot judge the run: %s", e)
+                continue
+            self.alert_failures(doc)
+
+    def alert_failures(self, doc: dict[str, Any]) -> None:
+        failing = {c["route"] for c in doc["checks"] if c["result"] == "FAIL"}
+        for route in sorted(failing - self.failing):
+            details = [c for c in doc["checks"] if c["route"] == route and c["result"] == "FAIL"]
+            self.alerter.fire(
+                Alert(
+                    "route_fail",
+                    route,
+                    f"shadowdiff run {self.cfg.run}: {route} is FAIL "
+                    f"({'; '.join(c['detail'] for c in details)})",
+                    {"route": route, "checks": [c["id"] for c in details]},
+                )
+            )
+        self.failing = failing
+
+    async def examples(self, route: str, path: str) -> list[dict[str, Any]]:
+        return await self._in_thread(self._examples, route, path)
+
+    async def divergences(self, limit: int) -> list[tuple[str, str, str, str, str]]:
+        return await self._in_thread(lambda: self._store().recent_divergences(self.cfg.run, limit))
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _store(self) -> Store:
+        if self.reader is None:
+            self.reader = open_store(self.cfg.store, create=False)
+        return self.reader
+
+    def _document(self, route: str | None) -> dict[str, Any]:
+        from shadowdiff.judge import document  # scipy: a second of import, not at start
+
+        doc, _, _ = document(self._store(), self.cfg.run, self.cfg, route, live=True)
+        return doc
+
+    def _examples(self, route: str, path: str) -> list[dict[str, Any]]:
+        from shadowdiff.judge import shown_examples
+
+        return shown_examples(self._store(), self.cfg.run, route, path, Redactor(self.cfg.redact))
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            await self._in_thread(self.reader.close)
+        self.executor.shutdown()

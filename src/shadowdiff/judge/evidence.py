@@ -1,0 +1,295 @@
+"""What a run's store holds, gathered for the judge and laid out as the verdict document.
+
+Reads only. The judge decides; the reports and the gate show what this module assembles:
+the verdict document (the schema of `shadowdiff report --format json`) and the extras the
+HTML report needs (latency samples, redacted example exchanges).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from shadowdiff import __version__
+from shadowdiff.compare import Redactor, bodies, jsondiff
+from shadowdiff.config import Config
+from shadowdiff.counts import RECORDED_PRIMARY, by_reason, imbalance
+from shadowdiff.judge.checks import JudgeConfig, RouteData, Verdict, judge
+from shadowdiff.judge.noise import RouteFindings, findings
+from shadowdiff.model import Exchange, Outcome
+from shadowdiff.store import Store
+
+EXAMPLES_SHOWN = 5
+BODY_SHOWN = 10_000
+"""Characters of a body an example shows; the store keeps the whole (redacted) body."""
+
+
+def config_sha256(cfg: Config) -> str:
+    return hashlib.sha256(
+        json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+
+
+def _accepted(cfg: Config) -> Any:
+    routes = frozenset(cfg.judge.accepted_routes)
+    exact = frozenset(p for p in cfg.judge.accepted_paths if not p.startswith("body:$"))
+    patterns = tuple(p[5:] for p in cfg.judge.accepted_paths if p.startswith("body:$"))
+
+    def accepted(route: str, path: str) -> bool:
+        if route in routes or path in exact:
+            return True
+        return path.startswith("body:$") and jsondiff.covered(path[5:], patterns)
+
+    return accepted
+
+
+def _side(status: int | None, error: str | None) -> str:
+    return error or str(status)
+
+
+def _failed(status: int | None, error: str | None) -> bool:
+    return error is not None or (status is not None and status >= 500)
+
+
+def _column(rows: list[tuple[Any, ...]], index: int) -> np.ndarray:
+    """One latency column as floats, NaN where unknown (an error outcome)."""
+    return np.array([np.nan if r[index] is None else r[index] for r in rows], dtype=float)
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float] | None:
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+def gather(
+    store: Store, run: str, cfg: Config, only: str | None = None
+) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]]]:
+    """Findings per route, the judge's inputs, and latency samples per route and side
+    (of route `only`, if given)."""
+    found = findings(store.routes(run), store.divergence_rows(run), cfg.noise, _accepted(cfg))
+    if only is not None:
+        found = [f for f in found if f.route == only]
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for row in store.outcome_rows(run):
+        rows.setdefault(row[0], []).append(row[1:])
+    data, latencies = [], {}
+    for route in found:
+        listed = rows.get(route.route, [])
+        transitions: dict[tuple[str, str], int] = {}
+        for p_status, p_error, _, s_status, s_error, _, _ in listed:
+            key = (_side(p_status, p_error), _side(s_status, s_error))
+            transitions[key] = transitions.get(key, 0) + 1
+        primary, shadow, secondary = (_column(listed, i) for i in (2, 5, 6))
+        has_secondary = route.with_secondary > 0
+        latencies[route.route] = {"primary": primary, "shadow": shadow}
+        if has_secondary:
+            latencies[route.route]["secondary"] = secondary
+        data.append(
+            RouteData(
+                route=route.route,
+                pairs=route.exchanges,
+                divergent=route.divergent,
+                accepted=0,
+                transitions=transitions,
+                primary_errors=sum(_failed(r[0], r[1]) for r in listed),
+                shadow_errors=sum(_failed(r[3], r[4]) for r in listed),
+                primary_latency=primary,
+                shadow_latency=shadow,
+                secondary_latency=secondary if has_secondary else None,
+            )
+        )
+    return found, data, latencies
+
+
+def latency_note(counts: dict[str, int]) -> str:
+    """Why the run's timings cannot be compared, if they cannot."""
+    recorded = counts.get(RECORDED_PRIMARY, 0)
+    if not recorded:
+        return ""
+    return (
+        f"{recorded} exchanges replayed against the recorded primary responses: "
+        "their latencies were measured elsewhere, so timings are not compared"
+    )
+
+
+def judge_config(cfg: Config) -> JudgeConfig:
+    j = cfg.judge
+    return JudgeConfig(
+        allowed_divergence_rate=j.allowed_divergence_rate,
+        accepted_routes=tuple(j.accepted_routes),
+        min_pairs=j.min_pairs,
+        latency_tolerance=j.latency_tolerance,
+        p99_tolerance=j.p99_tolerance,
+        p99_min_pairs=j.p99_min_pairs,
+        error_rate_margin=j.error_rate_margin,
+        confidence=j.confidence,
+    )
+
+
+def document(
+    store: Store, run: str, cfg: Config, only: str | None = None, live: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], Verdict]:
+    """The verdict document, the report extras, and the verdict itself (of route `only`,
+    if given: the judge then sees that route alone).
+
+    `live`: for a run still going (/verdict): no extras (examples, plots), which a verdict
+    does not need, and no accounting, whose books only balance once every proxy has stopped.
+    """
+    found, data, latencies = gather(store, run, cfg, only)
+    counts = store.counts(run)
+    verdict = judge(data, judge_config(cfg), latency_note(counts))
+    latency_checks = {c.route: c for c in verdict.checks if c.id == "latency"}
+    routes = []
+    for route, inputs in zip(found, data, strict=True):
+        check = latency_checks.get(route.route)
+        sides = latencies[route.route]
+        routes.append(
+            {
+                "route": route.route,
+                "pairs": route.exchanges,
+                "divergent": route.divergent,
+                "divergence_rate": route.divergent / route.exchanges if route.exchanges else 0.0,
+                "fields": [
+                    {
+                        "path": f.path,
+                        "kind": f.kind,
+                        "count": f.count,
+                        "rate": f.count / route.exchanges if route.exchanges else 0.0,
+                        "noise_count": f.noise_count,
+                        "noise": f.noise,
+                        "accepted": f.accepted,
+                    }
+                    for f in route.fields
+                ],
+                "status_matrix": [
+                    {"primary": p, "shadow": s, "count": n}
+                    for (p, s), n in sorted(inputs.transitions.items())
+                ],
+                "latency": {
+                    "primary": _percentiles(sides["primary"]),
+                    "shadow": _percentiles(sides["shadow"]),
+                    "secondary": _percentiles(sides["secondary"]) if "secondary" in sides else None,
+                    "ratio": check.value if check else None,
+                    "ci": list(check.ci) if check and check.ci else None,
+                },
+            }
+        )
+    doc = {
+        "verdict": verdict.verdict,
+        "checks": [{**asdict(c), "ci": list(c.ci) if c.ci else None} for c in verdict.checks],
+        "routes": routes,
+        "counts": {
+            **{
+                k: counts.get(k, 0)
+                for k in ("seen", "sampled", "recorded", "compared", "matched", "ignored")
+            },
+            "divergent": sum(r.divergent for r in found),
+            "dropped": by_reason(counts, "dropped"),
+            "shadow_errors": by_reason(counts, "shadow_error"),
+        },
+        "accounting": []
+        if live
+        else [
+            f"instance {instance}: {problem}"
+            for instance, named in store.instance_counts(run).items()
+            for problem in imbalance(named)
+        ],
+        "events": [asdict(e) for e in store.events(run)],
+        "run": run,
+        "config_sha256": config_sha256(cfg),
+        "tool_version": __version__,
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if live:
+        return doc, {}, verdict
+    extras = {
+        "latencies": {
+            route: {
+                side: [float(v) for v in values[np.isfinite(values)]]
+                for side, values in sides.items()
+            }
+            for route, sides in latencies.items()
+        },
+        "examples": examples(store, run, found, Redactor(cfg.redact)),
+    }
+    return doc, extras, verdict
+
+
+def examples(
+    store: Store, run: str, found: list[RouteFindings], redactor: Redactor
+) -> dict[str, Any]:
+    """Up to EXAMPLES_SHOWN example exchanges per divergent (route, path), redacted again."""
+    out: dict[str, Any] = {}
+    for route in found:
+        for field in route.fields:
+            if field.noise:
+                continue
+            shown = shown_examples(store, run, route.route, field.path, redactor)
+            if shown:
+                out.setdefault(route.route, {})[field.path] = shown
+    return out
+
+
+def shown_examples(
+    store: Store, run: str, route: str, path: str, redactor: Redactor
+) -> list[dict[str, Any]]:
+    """Up to EXAMPLES_SHOWN example exchanges of one (route, path), redacted again."""
+    return [_example(x, redactor) for x in store.examples(run, route, path)[:EXAMPLES_SHOWN]]
+
+
+def _text(data: bytes) -> str:
+    text = data.decode("utf-8", errors="replace")
+    return (
+        text
+        if len(text) <= BODY_SHOWN
+        else text[:BODY_SHOWN] + f"\n… ({len(text)} characters in all)"
+    )
+
+
+def _pretty(headers: list[tuple[bytes, bytes]], data: bytes, redactor: Redactor) -> str:
+    headers, data = redactor.body(headers, data)
+    parsed = bodies.read(headers, data)
+    if parsed.kind == bodies.JSON:
+        try:
+            return _text(orjson.dumps(orjson.loads(parsed.data), option=orjson.OPT_INDENT_2))
+        except orjson.JSONDecodeError:
+            pass
+    return _text(parsed.data)
+
+
+def _outcome(o: Outcome | None, redactor: Redactor) -> dict[str, Any] | None:
+    if o is None:
+        return None
+    if o.error:
+        return {"status": o.error, "headers": [], "body": ""}
+    return {
+        "status": o.status,
+        "headers": [
+            [n.decode("latin-1"), v.decode("latin-1")] for n, v in redactor.headers(o.headers)
+        ],
+        "body": _pretty(o.headers, o.body, redactor),
+    }
+
+
+def _example(x: Exchange, redactor: Redactor) -> dict[str, Any]:
+    request = x.request
+    return {
+        "method": request.method,
+        "path": request.path,
+        "request_headers": [
+            [n.decode("latin-1"), v.decode("latin-1")] for n, v in redactor.headers(request.headers)
+        ],
+        "request_body": _pretty(request.headers, request.body, redactor),
+        "primary": _outcome(x.primary, redactor),
+        "shadow": _outcome(x.shadow, redactor),
+        "secondary": _outcome(x.secondary, redactor),
+    }

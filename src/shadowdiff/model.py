@@ -1,0 +1,97 @@
+"""The data that flows tap → worker → store: snapshots, outcomes, exchanges and events.
+
+Plain, picklable records with no behaviour, so every module downstream can read them without
+knowing mitmproxy or aiohttp. Headers are kept as raw (name, value) byte pairs, in order,
+repeats included; bodies as the bytes on the wire (still content-encoded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Headers = list[tuple[bytes, bytes]]
+
+ERROR_KINDS = ("timeout", "connect", "reset", "too_large", "protocol")
+
+MATCHED, IGNORED, DIVERGENT = "matched", "ignored", "divergent"
+"""What became of a compared exchange (Scientist's vocabulary): counted apart, so nothing
+hides behind an ignore rule."""
+
+
+@dataclass(slots=True)
+class RequestSnapshot:
+    """What the tap copies from a sampled request, before the primary is even contacted."""
+
+    flow_id: str
+    method: str
+    path: str
+    headers: Headers
+    body: bytes
+    timestamp: float
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One side's answer: a response, or an error kind from ERROR_KINDS."""
+
+    status: int | None = None
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+    latency: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """A difference at `path`: `status`, `outcome`, `header:<name>`, `body` or `body:$...`.
+
+    `rule` names the rule that neutralised it (ignore, tolerance, normalize); None: it counts.
+    """
+
+    path: str
+    kind: str
+    left: str
+    right: str
+    rule: str | None = None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One sampled request with every side's outcome: the unit the store records.
+
+    The divergences are the shadow's and the secondary's against the primary, filled in by
+    the comparison before the exchange is stored.
+    """
+
+    request: RequestSnapshot
+    primary: Outcome
+    shadow: Outcome
+    secondary: Outcome | None
+    route: str
+    shadow_diffs: list[Divergence] = field(default_factory=list)
+    secondary_diffs: list[Divergence] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something an operator (or the automatic kill switch) did, kept in the store."""
+
+    ts: float
+    kind: str
+    actor: str
+    old: str
+    new: str
+
+
+def result_of(divergences: list[Divergence]) -> str:
+    """matched (no difference), ignored (only where rules say), or divergent."""
+    if not divergences:
+        return MATCHED
+    return IGNORED if all(d.rule for d in divergences) else DIVERGENT
+
+
+def apply_merge(route: str, old: str, new: str) -> str:
+    """`route` with its prefix `old` replaced by `new` (whole segments only)."""
+    if route == old or route.startswith(old + "/"):
+        return new + route[len(old) :]
+    return route

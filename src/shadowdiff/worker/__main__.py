@@ -1,0 +1,126 @@
+"""The worker process and its composition root: `python -m shadowdiff.worker --fd N`.
+
+Started by the tap; it stops when the tap closes the channel (or on SIGTERM), giving in-flight
+copies a short grace period. This is the one place that builds the worker, its switch and its
+faces (control server, metrics, live verdict, alerts) and wires them together with callables,
+so no face imports the worker and the worker imports no face's server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+
+from aiohttp import web
+
+from shadowdiff.channel import Reader, Setup
+from shadowdiff.config import access_token, loopback
+from shadowdiff.counts import summary_line
+from shadowdiff.errors import ConfigError
+from shadowdiff.faces import Alerter, Gauges, LiveVerdict, Metrics, control
+from shadowdiff.store import StoreError, open_store
+from shadowdiff.worker import Switch, Worker
+
+logger = logging.getLogger("shadowdiff.worker")  # the name operators filter on
+
+
+async def serve(sock: socket.socket) -> int:
+    reader = await Reader.open(sock)
+    setup = await reader.read()
+    if not isinstance(setup, Setup):
+        logger.error("the tap sent no setup record; stopping")
+        return 2
+    # SIGTERM usually reaches the whole process group: the tap then closes the channel after
+    # its last records. Only if it does not, stop reading on our own after the grace period.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGTERM,
+        lambda: asyncio.get_running_loop().call_later(
+            setup.config.mirror.grace + 5.0, reader.writer.close
+        ),
+    )
+    logging.getLogger().setLevel(setup.config.log_level.upper())
+    cfg = setup.config
+    try:
+        store = open_store(cfg.store)
+    except StoreError as e:
+        logger.error("cannot open the store: %s", e)
+        return 2
+    worker = Worker(setup, store)
+    alerter = Alerter(cfg.alerts, cfg.run, worker.counts)
+    switch = worker.switch = Switch(cfg, setup.control, reader.send, alerter)
+    live = LiveVerdict(cfg, alerter)
+
+    def gauges() -> Gauges:
+        return Gauges(
+            sample_rate=switch.rate,
+            paused=switch.control.paused,
+            in_flight=worker.outstanding,
+            breakers={name: b.state for name, b in worker.breakers.items()},
+        )
+
+    metrics = Metrics(cfg.run, worker.merged, gauges)
+    worker.recorder.on_written = metrics.observe
+    try:
+        server = await _control_server(worker, switch, live, metrics)
+    except (ConfigError, OSError) as e:
+        logger.error("control server cannot start on %s: %s", cfg.control.listen, e)
+        await worker.mirror.close()
+        store.close()
+        return 2
+    await alerter.start()
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(worker.flusher(stop))
+    watcher = asyncio.create_task(live.watch(stop))
+    reader.greet()
+    while (record := await reader.read()) is not None:
+        worker.on_record(record)
+    stop.set()
+    await flusher
+    await watcher
+    if server:
+        await server.cleanup()
+    await asyncio.gather(worker.shutdown(), alerter.close(timeout=cfg.mirror.grace))
+    await live.close()
+    store.close()
+    logger.info("%s (store %s)", summary_line(cfg.run, worker.merged()), store.path)
+    return 0
+
+
+async def _control_server(
+    worker: Worker, switch: Switch, live: LiveVerdict, metrics: Metrics
+) -> web.AppRunner | None:
+    listen = worker.cfg.control.listen
+    if listen is None:
+        return None
+
+    def status() -> dict[str, object]:
+        return {"run": worker.cfg.run, "instance": worker.instance, "counts": worker.merged()}
+
+    token = access_token(worker.cfg.control)
+    app = control.build(
+        switch, live, metrics, status, worker.health, token, loopback(listen.rpartition(":")[0])
+    )
+    runner = await control.serve(app, listen)
+    logger.info("control server on http://%s (dashboard, /metrics, /verdict)", listen)
+    return runner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="shadowdiff worker (started by the tap)")
+    parser.add_argument("--fd", type=int, required=True, help="the channel's socket descriptor")
+    args = parser.parse_args()
+    # Ctrl-C reaches the whole process group: the tap decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
+    # psycopg's pool logs every reconnect attempt during a database outage; the recorder
+    # already says once per batch that it will retry.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    sock = socket.socket(fileno=args.fd)
+    raise SystemExit(asyncio.run(serve(sock)))
+
+
+if __name__ == "__main__":
+    main()

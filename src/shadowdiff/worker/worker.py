@@ -1,0 +1,247 @@
+"""The worker: everything that waits on the network or costs CPU, off the live path.
+
+It takes snapshots from the tap, sends each copy to the shadow (and secondary) at once,
+concurrently with the primary, joins the primary's result when it arrives, and records the
+exchange in batches through the recorder (which compares and writes in the store thread).
+It knows its own health; the faces that show it are wired in by `worker/__main__.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from shadowdiff.channel import PrimaryResult, Setup, TapCounts
+from shadowdiff.counts import summary_line
+from shadowdiff.model import Exchange, Outcome, RequestSnapshot
+from shadowdiff.store import Store
+from shadowdiff.worker.breaker import CircuitBreaker
+from shadowdiff.worker.mirror import Mirror
+from shadowdiff.worker.recorder import Recorder
+from shadowdiff.worker.switch import Switch
+
+logger = logging.getLogger("shadowdiff.worker")
+
+FINAL_WRITE = 5.0
+"""Seconds a stopping worker keeps retrying a store that refuses its last batch."""
+
+TAP_STALE = 5.0
+"""Seconds without the tap's counters after which the proxy is reported unhealthy."""
+STORE_STALE = 10.0
+"""Seconds without a successful write, while one is failing, before the store is unhealthy."""
+
+PRIMARY_WAIT = 60.0
+"""How long a copy waits for the primary's result before it is let go and counted as
+`primary_lost`: bounds the memory that results lost on the way (backlog) can hold."""
+
+
+class Worker:
+    def __init__(self, setup: Setup, store: Store) -> None:
+        self.cfg = setup.config
+        self.instance = setup.instance
+        self.store = store
+        self.mirror = Mirror(self.cfg.mirror)
+        self.targets = {
+            name: url
+            for name, url in (("shadow", self.cfg.shadow), ("secondary", self.cfg.secondary))
+            if url
+        }
+        self.breakers = {name: CircuitBreaker(self.cfg.mirror.breaker) for name in self.targets}
+        self.primaries: dict[str, asyncio.Future[PrimaryResult]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(self.cfg.mirror.max_in_flight)
+        self.outstanding = 0
+        self.counts: Counter[str] = Counter()
+        self.tap_counts: dict[str, int] = {}
+        self.tap_seen_at = time.monotonic()
+        self.batch: list[Exchange] = []
+        self.dirty = False
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.recorder = Recorder(self.cfg, self.instance, store)
+        self.switch: Switch | None = None  # the kill switch and auto-pause of a live worker
+
+    # -- records from the tap -------------------------------------------------------------
+
+    def on_record(self, record: object) -> None:
+        if isinstance(record, RequestSnapshot):
+            self.on_request(record)
+        elif isinstance(record, PrimaryResult):
+            future = self.primaries.pop(record.flow_id, None)
+            if future is not None and not future.done():
+                future.set_result(record)
+        elif isinstance(record, TapCounts):
+            self.tap_counts = record.counts
+            self.tap_seen_at = time.monotonic()
+            self.dirty = True
+
+    def on_request(self, request: RequestSnapshot) -> asyncio.Task[None] | None:
+        """Starts the exchange; its task (None: dropped and counted)."""
+        # max_in_flight copies go out at once and as many wait for a slot (a burst, a slow
+        # shadow); beyond that, samples are dropped.
+        if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
+            self.drop("in_flight")
+            return None
+        if not all(breaker.ready() for breaker in self.breakers.values()):
+            self.drop("circuit_open")
+            return None
+        for breaker in self.breakers.values():
+            breaker.allow()
+        future: asyncio.Future[PrimaryResult] = asyncio.get_running_loop().create_future()
+        self.primaries[request.flow_id] = future
+        self.outstanding += 1
+        if self.switch:
+            self.switch.on_backlog(self.outstanding - self.cfg.mirror.max_in_flight)
+        task = asyncio.create_task(self.exchange(request, future))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def drop(self, reason: str) -> None:
+        self.counts[f"dropped.{reason}"] += 1
+        self.dirty = True
+
+    # -- one exchange ----------------------------------------------------------------------
+
+    async def exchange(
+        self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
+    ) -> None:
+        try:
+            outcomes = await self.copies(request)
+        except asyncio.CancelledError:
+            self.drop("shutdown")
+            raise
+        try:
+            result = await asyncio.wait_for(primary, PRIMARY_WAIT)
+        except TimeoutError:  # the tap could not hand the primary's result over
+            self.primaries.pop(request.flow_id, None)
+            self.drop("primary_lost")
+            return
+        except asyncio.CancelledError:  # shut down before the primary's result arrived
+            self.drop("shutdown")
+            return
+        if result.skip:
+            self.drop(result.skip)
+            return
+        self.batch.append(
+            Exchange(
+                request=request,
+                primary=result.outcome,
+                shadow=outcomes["shadow"],
+                secondary=outcomes.get("secondary"),
+                route="",  # the recorder routes it
+            )
+        )
+
+    async def copies(self, request: RequestSnapshot) -> dict[str, Outcome]:
+        """Waits for a slot under the in-flight cap, then sends every copy at once."""
+        try:
+            async with self.slots:
+                sent = [self.copy(name, url, request) for name, url in self.targets.items()]
+                return dict(zip(self.targets, await asyncio.gather(*sent), strict=True))
+        finally:
+            self.outstanding -= 1
+
+    async def copy(self, name: str, url: str, request: RequestSnapshot) -> Outcome:
+        outcome = await self.mirror.send(url, request)
+        if outcome.error:
+            self.counts[f"{name}_error.{outcome.error}"] += 1
+        changed = self.breakers[name].record(outcome.error is None)
+        if changed:
+            self.counts[f"breaker.{name}.{changed}"] += 1
+            logger.warning("circuit breaker for %s is now %s", name, changed)
+        if self.switch:
+            self.switch.on_copy(name, outcome.error is None)
+            if changed:
+                self.switch.on_breaker(name, changed)
+        return outcome
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        if not self.batch and not self.dirty and not (self.switch and self.switch.events):
+            return
+        batch, self.batch, self.dirty = self.batch, [], False
+        counts = {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
+        events = self.switch.take_events() if self.switch else []
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.recorder.record, batch, counts, events
+        )
+
+    async def flusher(self, stop: asyncio.Event) -> None:
+        last_log = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+            try:
+                await self.flush()
+            except Exception:  # the recorder never raises; this guards the guard
+                logger.exception("flushing to the store failed")
+            if time.monotonic() - last_log >= self.cfg.log_interval:
+                last_log = time.monotonic()
+                logger.info("%s", summary_line(self.cfg.run, self.merged()))
+
+    def merged(self) -> dict[str, int]:
+        """Every counter, as the store will hold them. The recorder's are copied at C level
+        first: the store thread may be adding to them while a scrape reads."""
+        merged = Counter(self.tap_counts)
+        merged.update(self.counts)
+        merged.update(dict(self.recorder.books))
+        return dict(merged)
+
+    def health(self) -> dict[str, Any]:
+        """Proxy, worker and store status; `ok` only when all three are."""
+        now = time.monotonic()
+        tap_age = now - self.tap_seen_at
+        recorder = self.recorder
+        store_ok = recorder.last_error is None or now - recorder.last_write < STORE_STALE
+        parts = {
+            "proxy": {
+                "ok": tap_age < TAP_STALE,
+                "detail": f"counters received {tap_age:.1f}s ago",
+            },
+            "worker": {
+                "ok": True,
+                "detail": f"{self.outstanding} copies in flight; breakers "
+                + ", ".join(f"{n} {b.state}" for n, b in self.breakers.items()),
+            },
+            "store": {
+                "ok": store_ok,
+                "detail": recorder.last_error or f"last write {now - recorder.last_write:.1f}s ago",
+                "unwritten": len(recorder.unwritten),
+            },
+        }
+        return {"status": "ok" if all(p["ok"] for p in parts.values()) else "failing", **parts}
+
+    async def shutdown(self) -> None:
+        """After the tap closed the channel: grace for copies in flight, cancel the rest, flush.
+
+        A primary result that has not arrived by now never will, so those exchanges are
+        counted as dropped at shutdown at once rather than held for the grace period.
+        """
+        for future in self.primaries.values():
+            future.cancel()
+        self.primaries.clear()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.cfg.mirror.grace)
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.mirror.close()
+        deadline = time.monotonic() + FINAL_WRITE
+        while True:  # the last batch, through a store outage if it ends soon enough
+            self.dirty = True
+            await self.flush()
+            if not self.recorder.unwritten or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if self.recorder.unwritten:
+            logger.error(
+                "the store refused the last writes: %d exchanges recorded but not written are lost",
+                len(self.recorder.unwritten),
+            )
+        self.executor.shutdown()

@@ -1,0 +1,118 @@
+"""The command line as a user types it: help, one-line errors with exit 2, summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import shadowdiff
+from shadowdiff.model import Divergence, Exchange, Outcome, RequestSnapshot
+from shadowdiff.store.sqlite import Store
+
+
+def test_help():
+    result = shadowdiff("--help")
+    assert result.returncode == 0
+    for command in ("proxy", "summary", "demo"):
+        assert command in result.stdout
+    proxy_help = shadowdiff("proxy", "--help").stdout
+    for flag in (
+        "--primary",
+        "--shadow",
+        "--secondary",
+        "--listen",
+        "--sample",
+        "--store",
+        "--run",
+        "--config",
+    ):
+        assert flag in proxy_help
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["proxy", "--shadow=http://a:1", "--sample=1.5", "--primary=http://b:1"],
+            "shadowdiff: error: --sample: Input should be less than or equal to 1 (got 1.5)",
+        ),
+        (
+            ["proxy", "--shadow=http://a:1", "--sample=half", "--primary=http://b:1"],
+            "shadowdiff: error: --sample: 'half' is not a number between 0 and 1",
+        ),
+        (
+            ["proxy", "--shadow=http://a:1"],
+            "shadowdiff: error: --primary: required (or set `primary` in the config file)",
+        ),
+        (
+            ["proxy", "--shadow=a:1", "--primary=http://b:1"],
+            "shadowdiff: error: --shadow: 'a:1' is not a URL with an http:// or https:// scheme"
+            " and a host",
+        ),
+        (
+            ["proxy", "--listen=x", "--shadow=http://a:1", "--primary=http://b:1"],
+            "shadowdiff: error: --listen: 'x' is not HOST:PORT (e.g. 127.0.0.1:8080)",
+        ),
+        (["proxy", "--bogus"], "shadowdiff: error: shadowdiff proxy: No such option '--bogus'."),
+        (["nope"], "shadowdiff: error: shadowdiff: No such command 'nope'."),
+    ],
+)
+def test_bad_usage_is_one_line_exit_2(args, message):
+    result = shadowdiff(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bad_config_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("shadow: http://a:1\nmirror:\n  timeout: 5 parsecs\n")
+    result = shadowdiff("proxy", "--primary=http://b:1", f"--config={config}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"shadowdiff: error: {config}: mirror.timeout: '5 parsecs' is not a duration"
+        " (use e.g. 5s, 250ms, 1m)"
+    )
+
+
+def test_proxy_refuses_a_foreign_store_before_serving(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database" * 100)
+    result = shadowdiff("proxy", "--primary=http://b:1", "--shadow=http://a:1", f"--store={junk}")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"shadowdiff: error: {junk}: not a readable shadowdiff store")
+    assert junk.read_bytes() == b"not a database" * 100  # nothing touched
+
+
+def test_summary(tmp_path):
+    path = tmp_path / "s.db"
+    request = RequestSnapshot("f", "GET", "/users/3", [], b"", 0.0)
+    x = Exchange(request, Outcome(200, [], b"a"), Outcome(200, [], b"b"), None, "GET /users/{id}")
+    x.shadow_diffs = [Divergence("body", "changed", "1 bytes", "1 bytes")]
+    with Store(path) as store:
+        counts = {"seen": 3, "not_eligible.loop": 1, "not_sampled.rate": 1, "sampled": 1}
+        store.write("rc1", "h:1", [x], {"tap": counts, "worker": {"recorded": 1}})
+    result = shadowdiff("summary", f"--store={path}")
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "run 'rc1': seen 3, sampled 1, recorded 1, dropped 0",
+        "  not eligible (loop): 1",
+        "  GET /users/{id}: 1 exchanges: 0 matched, 0 ignored, 0 noise only, 1 divergent",
+        "      body changed: 1",
+    ]
+    missing = shadowdiff("summary", f"--store={path}", "--run=nope")
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        f"shadowdiff: error: {path}: no run named 'nope'",
+    )
+    absent = shadowdiff("summary", f"--store={tmp_path / 'none.db'}")
+    assert absent.returncode == 2 and "no such store" in absent.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = shadowdiff("demo", "--requests=120", "--store=d.db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "drove 120 requests through the proxy" in result.stdout
+    assert "GET /users/{id}" in result.stdout
+    with Store(tmp_path / "d.db", create=False) as store:
+        counts = store.counts("demo")
+    assert counts["seen"] == 120 and counts["recorded"] > 20

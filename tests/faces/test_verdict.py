@@ -1,0 +1,76 @@
+"""The live verdict of a worker: cached and narrowed per route, and FAIL alerts (delivered to
+a real receiver) when a route turns FAIL, not while it stays."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from helpers import alerting_config as config
+from helpers import delivered
+
+from shadowdiff.config import Config
+from shadowdiff.faces.alerts import Alerter
+from shadowdiff.faces.verdict import LiveVerdict
+from shadowdiff.model import Exchange, Outcome, RequestSnapshot
+from shadowdiff.store.sqlite import Store
+from shadowdiff.worker.recorder import Recorder
+
+
+async def verdict_for(cfg: Config) -> tuple[LiveVerdict, None, Alerter]:
+    alerter = Alerter(cfg.alerts, cfg.run, Counter())
+    await alerter.start()
+    return LiveVerdict(cfg, alerter), None, alerter
+
+
+def doc(*failing: str) -> dict[str, Any]:
+    checks = [{"route": r, "result": "FAIL", "id": "divergence", "detail": "d"} for r in failing]
+    return {"checks": [*checks, {"route": "GET /ok", "result": "PASS", "id": "x", "detail": ""}]}
+
+
+async def test_an_alert_when_a_route_turns_fail_not_while_it_stays(receiver, tmp_path):
+    live, _, alerter = await verdict_for(config(receiver, tmp_path))
+    live.alert_failures(doc("GET /a"))
+    live.alert_failures(doc("GET /a"))
+    live.alert_failures(doc("GET /a", "GET /b"))
+    live.alert_failures(doc())
+    await asyncio.sleep(0.01)
+    live.alert_failures(doc("GET /a"))  # failing again after it recovered
+    assert await delivered(receiver, 3) == ["route_fail"] * 3
+    assert [a["key"] for a in receiver.got] == ["GET /a", "GET /b", "GET /a"]
+    await alerter.close(1)
+    await live.close()
+
+
+def exchange(i: int, by: str) -> Exchange:
+    request = RequestSnapshot(f"f{i}", "GET", f"/users/{i}", [], b"", 1.0)
+    ok = [(b"content-type", b"application/json")]
+    return Exchange(
+        request,
+        Outcome(200, ok, b'{"by": "p"}', 0.01),
+        Outcome(200, ok, f'{{"by": "{by}"}}'.encode(), 0.01),
+        None,
+        route="",
+    )
+
+
+async def test_live_verdict_is_cached_and_narrowed(receiver, tmp_path):
+    cfg = config(receiver, tmp_path)
+    with Store(cfg.store) as store:
+        Recorder(cfg, "i", store).record([exchange(i, "s") for i in range(8)], {})
+    live, _, alerter = await verdict_for(cfg)
+    first = await live.verdict()
+    assert first["verdict"] == "FAIL" and first["routes"][0]["route"] == "GET /users/{id}"
+    assert await live.verdict() is first  # within FRESH: the same judgement
+    together = await asyncio.gather(live.verdict(), live.verdict())
+    assert together[0] is together[1]
+    narrowed = await live.verdict("GET /users/{id}")
+    assert narrowed["verdict"] == "FAIL" and narrowed is not first
+    assert (await live.verdict("GET /other"))["verdict"] == "INCONCLUSIVE"
+    rows = await live.divergences(5)
+    assert len(rows) == 5 and rows[0][:3] == ("GET /users/{id}", "body:$.by", "changed")
+    examples = await live.examples("GET /users/{id}", "body:$.by")
+    assert 1 <= len(examples) <= 5 and '"s"' in examples[0]["shadow"]["body"]
+    await alerter.close(1)
+    await live.close()

@@ -1,0 +1,105 @@
+"""The SQLite store: round trip, counters, and refusing stores it must not touch."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from shadowdiff.errors import StoreError
+from shadowdiff.model import Divergence, Event, Exchange, Outcome, RequestSnapshot
+from shadowdiff.store.sqlite import Store
+
+
+def exchange(i: int, secondary: bool = False) -> Exchange:
+    request = RequestSnapshot(
+        f"f{i}", "POST", f"/u/{i}?q=1", [(b"X-A", b"\xe9")], b"\x00\xff", 10.0 + i
+    )
+    return Exchange(
+        request=request,
+        primary=Outcome(200, [(b"Content-Type", b"application/json")], b'{"a":1}', 0.01),
+        shadow=Outcome(error="timeout", latency=5.0),
+        secondary=Outcome(200, [], b"", 0.02) if secondary else None,
+        route="POST /u/{id}",
+        shadow_diffs=[Divergence("outcome", "shadow_error:timeout", "response", "timeout")],
+    )
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        store.write(
+            "r1",
+            "h:1",
+            [exchange(1), exchange(2, secondary=True)],
+            {"tap": {"seen": 5}, "worker": {"recorded": 2}},
+        )
+        store.write("r1", "h:1", [], {"tap": {"seen": 7}, "worker": {"recorded": 2}})
+        store.write("r1", "h:2", [], {"tap": {"seen": 1}})
+        store.write("r2", "h:1", [exchange(3)], {"worker": {"recorded": 1}})
+    with Store(path, create=False) as store:
+        assert store.runs() == ["r1", "r2"]
+        assert store.counts("r1") == {"recorded": 2, "seen": 8}  # latest per instance, summed
+        got = list(store.exchanges("r1"))
+        assert got == [exchange(1), exchange(2, secondary=True)]
+        assert store.routes("r1") == {
+            "POST /u/{id}": {
+                "exchanges": 2,
+                "with_secondary": 1,
+                "matched": 0,
+                "ignored": 0,
+                "divergent": 2,
+            }
+        }
+
+
+def test_missing_store_is_an_error(tmp_path):
+    with pytest.raises(StoreError, match="no such store"):
+        Store(tmp_path / "nope.db", create=False)
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a readable shadowdiff store"):
+        Store(path)
+
+
+def test_foreign_database_is_left_alone(tmp_path):
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE accounts (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a shadowdiff store"):
+        Store(path)
+
+
+def test_other_schema_version_is_refused(tmp_path):
+    path = tmp_path / "s.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(
+        StoreError, match="store schema version 99, this shadowdiff reads version 3"
+    ):
+        Store(path)
+
+
+def test_version_2_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        store.write("r", "i", [], {"tap": {"seen": 3}})
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE events")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with Store(path, create=False) as store:
+        assert store.counts("r") == {"seen": 3}
+        store.write("r", "i", [], {}, events=[Event(1.0, "paused", "ops", "false", "true")])
+        assert store.events("r") == [Event(1.0, "paused", "ops", "false", "true")]
+    with Store(path) as store:  # and opens again at the new version
+        assert store.events("r")[0].actor == "ops"

@@ -1,0 +1,154 @@
+"""Sending copies to real services on loopback: headers, bodies, and every failure kind."""
+
+from __future__ import annotations
+
+import gzip
+
+from aiohttp import web
+
+from conftest import Backend, serve_app
+from shadowdiff.cli.demo import free_port
+from shadowdiff.config import Mirror as MirrorConfig
+from shadowdiff.model import RequestSnapshot
+from shadowdiff.worker.mirror import Mirror, copy_headers
+
+
+def request(path: str = "/x?a=1", body: bytes = b"", headers=None) -> RequestSnapshot:
+    return RequestSnapshot("f1", "POST" if body else "GET", path, headers or [], body, 0.0)
+
+
+def test_copy_headers_rewrites():
+    cfg = MirrorConfig(headers={"set": {"X-Env": "shadow"}, "remove": ["authorization"]})
+    original = [
+        (b"Host", b"primary"),
+        (b"Connection", b"keep-alive"),
+        (b"Authorization", b"secret"),
+        (b"X-Env", b"prod"),
+        (b"Accept", b"a"),
+        (b"Accept", b"b"),
+        (b"Content-Length", b"3"),
+    ]
+    assert copy_headers(original, cfg) == [
+        ("Accept", "a"),
+        ("Accept", "b"),
+        ("X-Env", "shadow"),
+        ("X-Shadowdiff", "shadow"),
+    ]
+
+
+async def test_response_recorded_raw(shadow: Backend):
+    mirror = Mirror(MirrorConfig())
+    try:
+        compressed = gzip.compress(b'{"q": 1}')
+        headers = [(b"Content-Encoding", b"gzip"), (b"Content-Type", b"application/json")]
+        outcome = await mirror.send(shadow.url, request(body=compressed, headers=headers))
+    finally:
+        await mirror.close()
+    assert outcome.status == 200 and outcome.error is None and outcome.latency > 0
+    method, path, seen_headers, body = shadow.seen[0]
+    # sent gzip-encoded as the client sent it (aiohttp's server decodes it on arrival)
+    assert (method, path, body) == ("POST", "/x?a=1", b'{"q": 1}')
+    assert seen_headers["Content-Encoding"] == "gzip" and "User-Agent" not in seen_headers
+    assert (b"X-Backend", b"demo") in outcome.headers
+
+
+async def test_gzip_response_kept_compressed():
+    async def handler(request: web.Request) -> web.Response:
+        response = web.Response(text="hello " * 100)
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner, url = await serve_app(app)
+    mirror = Mirror(MirrorConfig())
+    try:
+        outcome = await mirror.send(url, request("/", headers=[(b"Accept-Encoding", b"gzip")]))
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    assert gzip.decompress(outcome.body) == b"hello " * 100
+
+
+async def failure(mode: str, **cfg) -> str | None:
+    backend = await Backend("shadow", mode=mode).start()
+    mirror = Mirror(MirrorConfig(**cfg))
+    try:
+        return (await mirror.send(backend.url, request())).error
+    finally:
+        await mirror.close()
+        await backend.stop()
+
+
+async def test_connect_refused():
+    mirror = Mirror(MirrorConfig())
+    try:
+        outcome = await mirror.send(f"http://127.0.0.1:{free_port()}", request())
+    finally:
+        await mirror.close()
+    assert outcome.error == "connect" and outcome.status is None
+
+
+async def test_timeout():
+    assert await failure("hang", timeout="300ms") == "timeout"
+
+
+async def test_reset_mid_body():
+    assert await failure("reset") == "reset"
+
+
+async def test_too_large_is_an_outcome_not_a_truncation():
+    assert await failure("big") == "too_large"
+
+
+async def test_too_large_without_content_length():
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(20):
+            await response.write(b"z" * 100_000)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    runner, url = await serve_app(app)
+    mirror = Mirror(MirrorConfig(max_body="1MiB"))
+    try:
+        outcome = await mirror.send(url, request())
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    assert outcome.error == "too_large" and outcome.body == b""
+
+
+async def test_request_target_goes_out_byte_for_byte():
+    seen: list[str] = []
+
+    async def raw(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", raw)
+    runner, base = await serve_app(app)
+    mirror = Mirror(MirrorConfig())
+    targets = ['/a/../b?x=%7e&q="', "/<svg/onload=1>", "/caf%C3%A9?a=b+c"]
+    try:
+        for target in targets:
+            outcome = await mirror.send(base, RequestSnapshot("f", "GET", target, [], b"", 0.0))
+            assert outcome.status == 200, outcome
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    assert seen == targets
+
+
+async def test_a_target_not_starting_with_a_slash_is_never_sent():
+    """An HTTP/2 :path like `@evil/` would turn the shadow's host into a user name."""
+    mirror = Mirror(MirrorConfig())
+    try:
+        request = RequestSnapshot("f", "GET", "@127.0.0.1:9/x", [], b"", 0.0)
+        assert (await mirror.send("http://127.0.0.1:1", request)).error == "protocol"
+    finally:
+        await mirror.close()

@@ -1,0 +1,89 @@
+"""The recorder: routes, compares, keeps examples, writes, and survives a failing store."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import orjson
+
+from shadowdiff.config import load_config
+from shadowdiff.counts import imbalance
+from shadowdiff.model import Exchange, Outcome, RequestSnapshot
+from shadowdiff.store.sqlite import Store
+from shadowdiff.worker.recorder import Recorder
+
+JSON = [(b"Content-Type", b"application/json")]
+
+
+def exchange(i: int, path: str, shadow_body: dict) -> Exchange:
+    return Exchange(
+        RequestSnapshot(f"f{i}", "GET", path, [], b"", float(i)),
+        Outcome(200, JSON, orjson.dumps({"a": 1}), 0.01),
+        Outcome(200, JSON, orjson.dumps(shadow_body), 0.01),
+        None,
+        route="",
+    )
+
+
+def recorder(tmp_path, **routes) -> Recorder:
+    cfg = load_config(
+        None,
+        {
+            "shadow": "http://a:1",
+            "store": str(tmp_path / "r.db"),
+            "run": "r",
+            **{f"routes.{k}": v for k, v in routes.items()},
+            "compare.examples": 2,
+        },
+    )
+    return Recorder(cfg, "test:1", Store(cfg.store))
+
+
+def test_compares_routes_and_keeps_examples(tmp_path):
+    rec = recorder(tmp_path)
+    batch = [exchange(i, f"/users/{i}", {"a": 1} if i % 2 else {"a": 2}) for i in range(10)]
+    rec.record(batch, {"tap": {"seen": 10, "sampled": 10}, "worker": {}})
+    counts = rec.store.counts("r")
+    assert counts["compared"] == counts["recorded"] == 10 and imbalance(counts) == []
+    assert (counts["matched"], counts["divergent"]) == (5, 5)
+    examples = rec.store.examples("r", "GET /users/{id}", "body:$.a")
+    assert len(examples) == 2 and all(x.shadow_diffs[0].path == "body:$.a" for x in examples)
+
+
+def test_collapsed_routes_regroup_what_is_stored(tmp_path):
+    rec = recorder(tmp_path, collapse_after=3)
+    names = ["alice", "bob", "carol", "dave", "erin"]
+    for i, name in enumerate(names):  # one batch each: merges reach rows already written
+        rec.record([exchange(i, f"/users/{name}", {"a": 2})], {})
+    assert list(rec.store.routes("r")) == ["GET /users/{id}"]
+    assert {x.route for x in rec.store.exchanges("r")} == {"GET /users/{id}"}
+    assert len(rec.store.examples("r", "GET /users/{id}", "body:$.a")) == 2
+
+
+def test_a_failing_store_keeps_the_batch_and_compares_it_once(tmp_path):
+    rec = recorder(tmp_path)
+    blocker = sqlite3.connect(tmp_path / "r.db", timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    rec.store.db.execute("PRAGMA busy_timeout = 0")
+    rec.record([exchange(1, "/x", {"a": 2})], {})
+    assert len(rec.unwritten) == 1
+    blocker.rollback()
+    blocker.close()
+    rec.record([exchange(2, "/x", {"a": 1})], {})
+    counts = rec.store.counts("r")
+    assert counts["recorded"] == counts["compared"] == 2 and not rec.unwritten
+    assert (counts["divergent"], counts["matched"]) == (1, 1)
+
+
+def test_a_backlog_is_written_in_chunks(tmp_path, monkeypatch):
+    """An outage's backlog goes in transactions a statement time limit can hold."""
+    monkeypatch.setattr("shadowdiff.worker.recorder.CHUNK", 3)
+    rec = recorder(tmp_path)
+    seen: list[int] = []
+    rec.on_written = lambda batch: seen.append(len(batch))
+    tap = {"tap": {"seen": 10, "sampled": 10}}
+    rec.record([exchange(i, f"/u/{i}", {"a": 1}) for i in range(10)], tap)
+    assert seen == [3, 3, 3, 1] and rec.unwritten == []
+    counts = rec.store.counts("r")
+    assert counts["recorded"] == 10 and imbalance(counts) == []
+    assert len(list(rec.store.exchanges("r"))) == 10
