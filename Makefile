@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests addons bench
 	$(BIN)/ruff format --check src tests addons bench
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 # Real parts the tests use, installed when missing: Debian's headless chromium (report and
 # dashboard), nginx (the fleet in front of two proxies) and PostgreSQL (the fleet's shared

@@ -200,9 +200,9 @@ def proxy_args(sample: str | None, port: int, ports: dict[str, int], store: Path
 
 
 def read_counts(store: Path) -> dict[str, int]:
-    from shadowdiff.store.sqlite import Store
+    from shadowdiff.store import SQLiteStore
 
-    with Store(store, create=False) as s:
+    with SQLiteStore(store, create=False) as s:
         return s.counts("bench")
 
 

@@ -21,9 +21,8 @@ import aiohttp
 import psycopg
 import pytest
 from aiohttp import web
+from helpers import free_port, wait_listening
 from psycopg import sql
-
-from shadowdiff.cli.demo import free_port, start, wait_listening
 
 
 def shadowdiff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -38,9 +37,14 @@ def shadowdiff(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
-    """Runs an aiohttp app on a free loopback port; returns its runner and base URL."""
-    port = free_port()
-    return await start(app, port), f"http://127.0.0.1:{port}"
+    """Runs an aiohttp app on a loopback port of the kernel's choosing (no race for a free
+    one); returns its runner and base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
 
 
 @dataclass
@@ -182,7 +186,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
         started.append(proxy)
         try:
             await wait_listening(port, timeout=30)
-        except RuntimeError:
+        except TimeoutError:
             raise RuntimeError(f"proxy did not start: {await proxy.stop()}") from None
         return proxy
 

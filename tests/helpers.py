@@ -1,14 +1,40 @@
-"""Helpers shared by test modules (the process harness and fixtures are in conftest.py)."""
+"""Helpers shared by test modules: ports, waiting, alert settings. The process harness and
+the fixtures are in conftest.py, the records in factories.py. Tests import no helper from
+product code."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conftest import Receiver
 from shadowdiff.config import Config, load_config
+
+if TYPE_CHECKING:
+    from conftest import Receiver
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a process that must be told its port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Returns once something accepts connections on 127.0.0.1:`port`; fails the test after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
+            await asyncio.sleep(0.1)
 
 
 def alerting_config(receiver: Receiver, tmp_path: Path, **auto: Any) -> Config:

@@ -6,19 +6,21 @@ import asyncio
 import socket
 import time
 
+from factories import snapshot
+
 from shadowdiff.channel import Control, Reader, Writer
 from shadowdiff.model import RequestSnapshot
 
 
-def snapshot(i: int, size: int = 10) -> RequestSnapshot:
-    return RequestSnapshot(f"f{i}", "GET", f"/{i}", [(b"a", b"b")], b"x" * size, 1.0)
+def numbered(i: int, size: int = 10) -> RequestSnapshot:
+    return snapshot(f"f{i}", path=f"/{i}", headers=[(b"a", b"b")], body=b"x" * size)
 
 
 async def test_records_arrive_in_order_and_whole():
     ours, theirs = socket.socketpair()
     writer = Writer(ours, budget=64 * 1024 * 1024)
     reader = await Reader.open(theirs)
-    sent = [snapshot(i, size=i * 1000) for i in range(200)]
+    sent = [numbered(i, size=i * 1000) for i in range(200)]
     assert all(writer.send(s) for s in sent)  # more than the kernel buffer: some wait in ours
     received = [await reader.read() for _ in sent]
     assert received == sent
@@ -30,7 +32,7 @@ async def test_full_buffer_refuses_without_blocking():
     ours, theirs = socket.socketpair()
     writer = Writer(ours, budget=1024 * 1024)
     started = time.perf_counter()
-    results = [writer.send(snapshot(i, size=100_000)) for i in range(100)]
+    results = [writer.send(numbered(i, size=100_000)) for i in range(100)]
     assert time.perf_counter() - started < 0.5
     assert results.count(False) > 50 and results[:5] == [True] * 5
     assert writer.backlog <= 1024 * 1024
@@ -40,7 +42,7 @@ async def test_full_buffer_refuses_without_blocking():
     for _ in range(accepted):
         assert (await reader.read()).body == b"x" * 100_000
     await asyncio.sleep(0.05)
-    assert writer.backlog == 0 and writer.send(snapshot(1))
+    assert writer.backlog == 0 and writer.send(numbered(1))
     writer.close(timeout=1)
 
 
@@ -48,8 +50,8 @@ async def test_dead_reader_breaks_the_writer():
     ours, theirs = socket.socketpair()
     writer = Writer(ours, budget=1024)
     theirs.close()
-    assert not writer.send(snapshot(1))
-    assert writer.broken and not writer.send(snapshot(2))
+    assert not writer.send(numbered(1))
+    assert writer.broken and not writer.send(numbered(2))
     writer.close(timeout=1)
 
 

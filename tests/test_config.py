@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from shadowdiff.config import load_config, parse_duration, parse_size
+from shadowdiff.config import Mirror, load_config, parse_duration
 from shadowdiff.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "configs" / "example.yaml"
@@ -55,9 +55,22 @@ def test_durations(value, seconds):
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value, size", [("1MiB", 1048576), ("512KB", 512000), (4096, 4096)])
+@pytest.mark.parametrize(
+    "value, size",
+    [
+        ("1MiB", 1048576),
+        ("16MiB", 16 * 1048576),
+        ("512KB", 512000),
+        ("100b", 100),
+        ("1.5 MiB", 1572864),
+        ("1kib", 1024),
+        ("2MB", 2_000_000),
+        ("4096", 4096),
+        (4096, 4096),
+    ],
+)
 def test_sizes(value, size):
-    assert parse_size(value) == size
+    assert Mirror(max_body=value).max_body == size  # pydantic's ByteSize
 
 
 BAD = [
@@ -80,6 +93,18 @@ BAD = [
     (
         "shadow: http://a:1\nmirror:\n  max_body: lots\n",
         "mirror.max_body: 'lots' is not a size (use e.g. 1MiB, 512KB, 4096)",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  max_body: 1 parsec\n",
+        "mirror.max_body: '1 parsec' is not a size (use e.g. 1MiB, 512KB, 4096)",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  max_backlog: 0\n",
+        "mirror.max_backlog: size must be positive (got 0)",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  max_body: true\n",
+        "mirror.max_body: True is not a size (use e.g. 1MiB, 512KB)",
     ),
     (
         "shadow: http://a:1\nsampling:\n  sticky_key: user\n",
@@ -109,10 +134,13 @@ def test_bad_config_one_line_error(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
-def test_bad_flag_is_named_as_flag():
+def test_bad_override_is_named_as_the_caller_names_it():
+    names = {"sampling.rate": "--sample", "shadow": "--shadow"}
     with pytest.raises(ConfigError, match=r"^--sample: Input should be less than or equal to 1"):
-        load_config(None, {"shadow": "http://a:1", "sampling.rate": 1.5})
+        load_config(None, {"shadow": "http://a:1", "sampling.rate": 1.5}, names=names)
     with pytest.raises(ConfigError, match=r"^--shadow: 'x' is not a URL"):
+        load_config(None, {"shadow": "x"}, names=names)
+    with pytest.raises(ConfigError, match=r"^config: shadow: 'x' is not a URL"):
         load_config(None, {"shadow": "x"})
 
 
@@ -134,5 +162,5 @@ def test_control_beyond_loopback_needs_a_token(monkeypatch):
         access_token(wide)
     monkeypatch.setenv("SHADOWDIFF_TOKEN", "t0k")
     assert access_token(wide) == "t0k"
-    with pytest.raises(ConfigError, match="--control: 'nowhere' is not HOST:PORT"):
+    with pytest.raises(ConfigError, match="control.listen: 'nowhere' is not HOST:PORT"):
         load_config(None, {**shadow, "control.listen": "nowhere"})

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,9 +19,12 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
 )
 
@@ -32,17 +36,6 @@ SHADOW_MARKER = ("X-Shadowdiff", "shadow")
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_duration(value: Any) -> float:
@@ -61,19 +54,19 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def parse_size(value: Any) -> int:
-    """Bytes from `1MiB`, `512KB`, `100b` or a bare number of bytes."""
+def check_size(value: Any, handler: ValidatorFunctionWrapHandler) -> ByteSize:
+    """pydantic's `ByteSize` (`1MiB`, `512KB`, `100b`, a bare number of bytes), positive,
+    with this module's one-line messages."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a size (use e.g. 1MiB, 512KB)")
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE.match(str(value))
-        if not match or match.group(2).lower() not in _SIZE_UNITS:
-            raise ValueError(f"{str(value)!r} is not a size (use e.g. 1MiB, 512KB, 4096)")
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-    if size <= 0:
-        raise ValueError(f"size must be positive (got {value!r})")
+    try:
+        size: ByteSize = handler(value)
+    except ValidationError as e:
+        if e.errors()[0]["type"] == "greater_than" or (
+            isinstance(value, int | float) and value <= 0
+        ):
+            raise ValueError(f"size must be positive (got {value!r})") from None
+        raise ValueError(f"{str(value)!r} is not a size (use e.g. 1MiB, 512KB, 4096)") from None
     return size
 
 
@@ -97,7 +90,7 @@ def parse_listen(value: Any) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Size = Annotated[ByteSize, Field(gt=0), WrapValidator(check_size)]
 Url = Annotated[str, BeforeValidator(check_url)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 Method = Annotated[str, BeforeValidator(lambda v: str(v).upper())]
@@ -155,8 +148,8 @@ class Breaker(Strict):
 class Mirror(Strict):
     timeout: Duration = 5.0
     max_in_flight: Annotated[int, Field(ge=1)] = 100
-    max_body: Size = 1024 * 1024
-    max_backlog: Size = 16 * 1024 * 1024
+    max_body: Size = ByteSize(1024 * 1024)
+    max_backlog: Size = ByteSize(16 * 1024 * 1024)
     grace: Duration = 2.0
     headers: HeaderRewrites = HeaderRewrites()
     breaker: Breaker = Breaker()
@@ -282,7 +275,7 @@ DEFAULT_REDACTED_HEADERS = ["authorization", "proxy-authorization", "cookie", "s
 
 
 def check_json_path(value: str) -> str:
-    from shadowdiff.compare.jsondiff import Rules as PathRules
+    from shadowdiff.jsonpath import Rules as PathRules
 
     try:
         PathRules(ignore=(str(value),))
@@ -411,7 +404,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The schema model that holds the key at `loc`, to suggest the closest valid name."""
-    model: Any = Config
+    model: type[BaseModel] = Config
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -421,11 +414,12 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         annotation = field.annotation
         args = getattr(annotation, "__args__", ())
         candidates = [annotation, *args]
-        model = next(
+        inner = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
         )
-        if model is None:
+        if inner is None:
             return None
+        model = inner
     return model
 
 
@@ -448,25 +442,18 @@ def _one_line(error: ValidationError, source: str, flags: dict[str, str]) -> str
     return f"{where}: {message}"
 
 
-FLAG_KEYS = {
-    "primary": "--primary",
-    "shadow": "--shadow",
-    "secondary": "--secondary",
-    "listen": "--listen",
-    "sampling.rate": "--sample",
-    "store": "--store",
-    "run": "--run",
-    "control.listen": "--control",
-}
-"""Which command-line flag sets which key, so a bad flag is named as the flag."""
-
-
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     base: dict[str, Any] | None = None,
+    *,
+    names: Mapping[str, str] | None = None,
 ) -> Config:
-    """The validated config from `path` (or `base`) with dotted-key `overrides` on top."""
+    """The validated config from `path` (or `base`) with dotted-key `overrides` on top.
+
+    `names` says what the caller calls an override key (the CLI: `sampling.rate` is
+    `--sample`), so that a bad override is named as the user typed it.
+    """
     raw: dict[str, Any] = copy.deepcopy(base) if base else {}
     source = str(path) if path else "config"
     if path is not None:
@@ -499,8 +486,8 @@ def load_config(
                 node[part] = child
             node = child
         node[leaf] = value
-        if key in FLAG_KEYS:
-            flags[key] = FLAG_KEYS[key]
+        if names and key in names:
+            flags[key] = names[key]
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

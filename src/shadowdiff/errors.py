@@ -4,6 +4,7 @@ after `shadowdiff: error:` with exit status 2. Everything else is a bug and keep
     Exception
     ├── ConfigError        a bad config file or flag
     ├── StoreError         the store cannot be used (unreadable, not ours, another schema)
+    │   └── StoreUnavailable   for now: locked, busy, a disk error, the database down
     ├── RecordingError     a recording that cannot be read at all
     └── StartupError       the proxy cannot start serving
 
@@ -19,6 +20,12 @@ class ConfigError(Exception):
 
 class StoreError(Exception):
     """The store cannot be used (unreadable, not a shadowdiff store, other schema version)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be used for now (a SQLite file locked or busy past its timeout, a disk
+    error; a database unreachable, dropped or timed out): transient. The recorder keeps the
+    batch and retries with the next one; the command line reports it in one line."""
 
 
 class RecordingError(Exception):

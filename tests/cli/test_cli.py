@@ -6,7 +6,7 @@ import pytest
 
 from conftest import shadowdiff
 from shadowdiff.model import Divergence, Exchange, Outcome, RequestSnapshot
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 
 
 def test_help():
@@ -28,6 +28,32 @@ def test_help():
         assert flag in proxy_help
 
 
+def test_flags_and_help_defaults_come_from_the_config_model():
+    from shadowdiff.cli import FLAG_KEYS, cli
+    from shadowdiff.cli.common import default
+
+    proxy = cli.commands["proxy"]
+    names = {opt for param in proxy.params for opt in param.opts}
+    assert set(FLAG_KEYS.values()) <= names  # every named flag is a real proxy option
+    assert FLAG_KEYS["sampling.rate"] == "--sample"
+    assert (default("listen"), default("sampling.rate"), default("mirror.timeout")) == (
+        "127.0.0.1:8080",
+        0.1,
+        5.0,
+    )
+    helps = {
+        command: {p.name: getattr(p, "help", None) for p in cli.commands[command].params}
+        for command in ("proxy", "replay")
+    }
+    assert helps["proxy"]["listen"] == "HOST:PORT to listen on [127.0.0.1:8080]."
+    assert helps["proxy"]["sample"] == "Share of eligible requests to mirror, 0..1 [0.1]."
+    assert helps["proxy"]["control"].endswith("[127.0.0.1:9464].")
+    assert helps["replay"]["timeout"] == "Timeout of each request [mirror.timeout: 5s]."
+    assert helps["replay"]["concurrency"].endswith("[mirror.max_in_flight: 100].")
+    gate_store = next(p for p in cli.commands["gate"].params if p.name == "store_path")
+    assert gate_store.default == "shadowdiff.db"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -37,7 +63,17 @@ def test_help():
         ),
         (
             ["proxy", "--shadow=http://a:1", "--sample=half", "--primary=http://b:1"],
-            "shadowdiff: error: --sample: 'half' is not a number between 0 and 1",
+            "shadowdiff: error: shadowdiff proxy: Invalid value for '--sample': 'half' is not a"
+            " number between 0 and 1",
+        ),
+        (
+            ["proxy", "--shadow=http://a:1", "--control=nowhere", "--primary=http://b:1"],
+            "shadowdiff: error: --control: 'nowhere' is not HOST:PORT (e.g. 127.0.0.1:8080)",
+        ),
+        (
+            ["replay", "x.har", "--sample=half"],
+            "shadowdiff: error: shadowdiff replay: Invalid value for '--sample': 'half' is not a"
+            " valid float range.",
         ),
         (
             ["proxy", "--shadow=http://a:1"],
@@ -88,7 +124,7 @@ def test_summary(tmp_path):
     request = RequestSnapshot("f", "GET", "/users/3", [], b"", 0.0)
     x = Exchange(request, Outcome(200, [], b"a"), Outcome(200, [], b"b"), None, "GET /users/{id}")
     x.shadow_diffs = [Divergence("body", "changed", "1 bytes", "1 bytes")]
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         counts = {"seen": 3, "not_eligible.loop": 1, "not_sampled.rate": 1, "sampled": 1}
         store.write("rc1", "h:1", [x], {"tap": counts, "worker": {"recorded": 1}})
     result = shadowdiff("summary", f"--store={path}")
@@ -113,6 +149,6 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "drove 120 requests through the proxy" in result.stdout
     assert "GET /users/{id}" in result.stdout
-    with Store(tmp_path / "d.db", create=False) as store:
+    with SQLiteStore(tmp_path / "d.db", create=False) as store:
         counts = store.counts("demo")
     assert counts["seen"] == 120 and counts["recorded"] > 20

@@ -15,7 +15,7 @@ from aiohttp import web
 from conftest import serve_app, shadowdiff
 from shadowdiff.config import Noise, load_config
 from shadowdiff.judge.noise import RouteFindings, findings
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 
 
 @dataclass
@@ -99,7 +99,7 @@ async def run_traffic(
     await proxy.stop()
     for runner in runners:
         await runner.cleanup()
-    with Store(proxy.store, create=False) as store:
+    with SQLiteStore(proxy.store, create=False) as store:
         found = findings(store.routes(proxy.run), store.divergence_rows(proxy.run), Noise())
         assert store.counts(proxy.run)["compared"] == count
     return {f.route: f for f in found}

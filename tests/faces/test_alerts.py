@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from helpers import free_port
 
 from conftest import serve_app
-from shadowdiff.cli.demo import free_port
 from shadowdiff.config import Alerts, Webhook
 from shadowdiff.faces import alerts
 from shadowdiff.faces.alerts import Alert, Alerter

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Backend, Proxy, Receiver, shadowdiff
-from shadowdiff.cli.demo import free_port
 from shadowdiff.counts import imbalance
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 
 
 async def traffic(client: aiohttp.ClientSession, base: str, paths: list[str]) -> None:
@@ -83,7 +83,7 @@ async def test_metrics_match_store_and_divergence_fires_one_alert(
     await asyncio.sleep(0.6)  # the last batch is flushed every 0.25 s
     _, text = await get(client, proxy.control + "/metrics")
     metrics = families(text)
-    with Store(proxy.store, create=False) as store:
+    with SQLiteStore(proxy.store, create=False) as store:
         counts = store.counts("test")
     assert imbalance(counts) == []
     for name in ("seen", "sampled", "recorded", "compared", "matched", "divergent"):
@@ -137,7 +137,7 @@ async def test_pause_stops_mirroring_within_a_second_and_is_recorded(
     assert set(answers) == {200}
     out = await proxy.stop()
     assert "mirroring paused by on-call from 127.0.0.1" in out
-    with Store(proxy.store, create=False) as store:
+    with SQLiteStore(proxy.store, create=False) as store:
         events = store.events("test")
         counts = store.counts("test")
     assert [(e.kind, e.old, e.new) for e in events] == [
@@ -238,9 +238,14 @@ async def test_ctl_status_rate_and_unreachable(
     await traffic(client, proxy.url, [f"/a/{i}" for i in range(5)])
     done = shadowdiff("ctl", f"--url={proxy.control}", "rate", "0.05")
     assert done.returncode == 0 and done.stdout.strip() == "mirroring 5.0% (dial; config 100%)"
-    done = shadowdiff("ctl", f"--url={proxy.control}", "status")
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    deadline = time.monotonic() + 5  # the tap's counters reach the worker once a second
+    while True:
+        done = shadowdiff("ctl", f"--url={proxy.control}", "status")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        if lines[1].startswith("run 'test': seen 5,") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
     assert lines[0].startswith("mirroring 5.0% (dial; config 100%); instance ")
     assert lines[1].startswith("run 'test': seen 5, sampled 5")
     assert any(line.startswith("verdict: INCONCLUSIVE") for line in lines)

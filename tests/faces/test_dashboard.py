@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 import yarl
+from helpers import wait_listening
 
 from browser import DevTools, chromium
 from conftest import Backend
-from shadowdiff.cli.demo import wait_listening
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 
 HOSTILE_PATH = "/<svg/onload=window.pwned=1>"
 HOSTILE_ROUTE = f"GET {HOSTILE_PATH}"
@@ -274,7 +274,7 @@ async def test_dashboard_live_traffic_pause_and_dial(
         traffic.stop.set()
         await sending
     await proxy.stop()
-    store = Store(proxy.store, create=False)
+    store = SQLiteStore(proxy.store, create=False)
     try:
         events = [(e.kind, e.actor, e.new) for e in store.events(proxy.run)]
     finally:

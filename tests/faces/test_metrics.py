@@ -3,10 +3,11 @@ all read back with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import factories
 from prometheus_client.parser import text_string_to_metric_families
 
 from shadowdiff.faces.metrics import Gauges, Metrics
-from shadowdiff.model import Divergence, Exchange, Outcome, RequestSnapshot
+from shadowdiff.model import Divergence, Exchange, Outcome
 
 
 def parsed(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -18,10 +19,11 @@ def parsed(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def exchange(route: str, diverged: bool, shadow_error: str | None = None) -> Exchange:
-    request = RequestSnapshot("f", "GET", "/", [], b"", 1.0)
     shadow = Outcome(error=shadow_error) if shadow_error else Outcome(200, latency=0.02)
     diffs = [Divergence("body:$.a", "changed", "1", "2")] if diverged else []
-    return Exchange(request, Outcome(200, latency=0.01), shadow, None, route, diffs)
+    return factories.exchange(
+        primary=Outcome(200, latency=0.01), shadow=shadow, route=route, diffs=diffs
+    )
 
 
 def test_books_gauges_and_routes():

@@ -237,7 +237,7 @@ def test_html_without_extras_or_latency() -> None:
 
 
 def test_matplotlib_is_imported_only_to_plot() -> None:
-    code = "import sys, shadowdiff.report; assert 'matplotlib' not in sys.modules"
+    code = "import sys, shadowdiff.faces.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -7,14 +7,16 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import factories
+from factories import outcome, snapshot
 from helpers import alerting_config as config
 from helpers import delivered
 
 from shadowdiff.config import Config
 from shadowdiff.faces.alerts import Alerter
 from shadowdiff.faces.verdict import LiveVerdict
-from shadowdiff.model import Exchange, Outcome, RequestSnapshot
-from shadowdiff.store.sqlite import Store
+from shadowdiff.model import Exchange
+from shadowdiff.store import SQLiteStore
 from shadowdiff.worker.recorder import Recorder
 
 
@@ -44,20 +46,14 @@ async def test_an_alert_when_a_route_turns_fail_not_while_it_stays(receiver, tmp
 
 
 def exchange(i: int, by: str) -> Exchange:
-    request = RequestSnapshot(f"f{i}", "GET", f"/users/{i}", [], b"", 1.0)
-    ok = [(b"content-type", b"application/json")]
-    return Exchange(
-        request,
-        Outcome(200, ok, b'{"by": "p"}', 0.01),
-        Outcome(200, ok, f'{{"by": "{by}"}}'.encode(), 0.01),
-        None,
-        route="",
+    return factories.exchange(
+        snapshot(f"f{i}", path=f"/users/{i}"), outcome({"by": "p"}), outcome({"by": by})
     )
 
 
 async def test_live_verdict_is_cached_and_narrowed(receiver, tmp_path):
     cfg = config(receiver, tmp_path)
-    with Store(cfg.store) as store:
+    with SQLiteStore(cfg.store) as store:
         Recorder(cfg, "i", store).record([exchange(i, "s") for i in range(8)], {})
     live, _, alerter = await verdict_for(cfg)
     first = await live.verdict()

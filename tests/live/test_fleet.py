@@ -22,11 +22,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from helpers import free_port, wait_listening
 
 from conftest import Cluster, schema, serve_app, shadowdiff
-from shadowdiff.cli.demo import free_port, wait_listening
 from shadowdiff.counts import imbalance, total
-from shadowdiff.store.sqlite import open_store
+from shadowdiff.store import open_store
 
 NGINX_CONF = Path(__file__).parent.parent.parent / "configs" / "nginx.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -11,11 +11,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import free_port, wait_listening
 
 from conftest import Backend, Proxy, serve_app
-from shadowdiff.cli.demo import free_port, wait_listening
 from shadowdiff.counts import imbalance
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 
 REQUESTS = [
     ("GET", "/users/1", b""),
@@ -39,7 +39,7 @@ async def fetch(
 
 
 def recorded(proxy: Proxy) -> tuple[dict[str, int], list]:
-    with Store(proxy.store, create=False) as store:
+    with SQLiteStore(proxy.store, create=False) as store:
         counts = store.counts(proxy.run)
         exchanges = list(store.exchanges(proxy.run))
     assert imbalance(counts) == [], counts
@@ -279,7 +279,7 @@ async def test_mitmdump_script_route_and_reload(primary, shadow, client, tmp_pat
     finally:
         out = await Proxy(process, port, store, "dump").stop(clean=False)
     assert "Loading script" in out or out.count("run 'dump'") >= 2, out
-    with Store(store, create=False) as s:
+    with SQLiteStore(store, create=False) as s:
         counts = s.counts("dump")
         instances = s.db.execute("SELECT COUNT(DISTINCT instance) FROM counts").fetchone()[0]
     assert instances == 2, out

@@ -12,7 +12,7 @@ from conftest import Backend
 from shadowdiff.counts import imbalance
 from shadowdiff.live.tap import ShadowDiff, primary_error_kind
 from shadowdiff.model import ERROR_KINDS
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 
 
 def test_configure_rejects_bad_values_in_one_line(tmp_path):
@@ -126,7 +126,7 @@ async def test_hooks_feed_a_real_worker(tmp_path, shadow: Backend):
                 break
         await asyncio.sleep(0.2)
         await asyncio.get_running_loop().run_in_executor(None, tap.done)
-    with Store(store, create=False) as s:
+    with SQLiteStore(store, create=False) as s:
         counts = s.counts("tap")
         exchanges = list(s.exchanges("tap"))
     assert imbalance(counts) == [] and counts["recorded"] == 2

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from helpers import free_port, wait_listening
 from test_flowfiles import har_entry, make_flow, write_flows, write_har
 
 from conftest import Proxy, serve_app, shadowdiff
-from shadowdiff.cli.demo import free_port, wait_listening
 from shadowdiff.config import RouteRule, Sampling, load_config
 from shadowdiff.counts import imbalance
 from shadowdiff.errors import StoreError
 from shadowdiff.judge.evidence import document
 from shadowdiff.replay.flowfiles import read
 from shadowdiff.replay.replay import replay
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 
 ADDON = Path(__file__).parent.parent.parent / "addons" / "shadowdiff.py"
 
@@ -91,7 +91,7 @@ async def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def verdict_of(store: Path, run: str) -> dict:
     """The verdict document, as `gate --json` prints it."""
-    with Store(store, create=False) as s:
+    with SQLiteStore(store, create=False) as s:
         doc, _, _ = document(s, run, load_config(None, {"shadow": "http://127.0.0.1:1"}))
     return doc
 
@@ -109,7 +109,7 @@ def routes_of(doc: dict) -> dict:
 
 
 def stored(store: Path, run: str) -> tuple[dict[str, int], list]:
-    with Store(store, create=False) as s:
+    with SQLiteStore(store, create=False) as s:
         counts, exchanges = s.counts(run), list(s.exchanges(run))
     assert imbalance(counts) == [], counts
     return counts, exchanges
@@ -356,7 +356,7 @@ async def test_interrupt_keeps_everything_recorded(tmp_path, services):
     while recorded < 8 and time.monotonic() < deadline and process.poll() is None:
         await asyncio.sleep(0.1)
         try:
-            with Store(store, create=False) as s:
+            with SQLiteStore(store, create=False) as s:
                 recorded = s.counts("default").get("recorded", 0)
         except StoreError:
             pass

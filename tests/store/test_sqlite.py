@@ -6,9 +6,8 @@ import sqlite3
 
 import pytest
 
-from shadowdiff.errors import StoreError
 from shadowdiff.model import Divergence, Event, Exchange, Outcome, RequestSnapshot
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore, StoreError, StoreUnavailable, open_store
 
 
 def exchange(i: int, secondary: bool = False) -> Exchange:
@@ -27,7 +26,7 @@ def exchange(i: int, secondary: bool = False) -> Exchange:
 
 def test_round_trip(tmp_path):
     path = tmp_path / "s.db"
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         store.write(
             "r1",
             "h:1",
@@ -37,7 +36,7 @@ def test_round_trip(tmp_path):
         store.write("r1", "h:1", [], {"tap": {"seen": 7}, "worker": {"recorded": 2}})
         store.write("r1", "h:2", [], {"tap": {"seen": 1}})
         store.write("r2", "h:1", [exchange(3)], {"worker": {"recorded": 1}})
-    with Store(path, create=False) as store:
+    with SQLiteStore(path, create=False) as store:
         assert store.runs() == ["r1", "r2"]
         assert store.counts("r1") == {"recorded": 2, "seen": 8}  # latest per instance, summed
         got = list(store.exchanges("r1"))
@@ -55,14 +54,14 @@ def test_round_trip(tmp_path):
 
 def test_missing_store_is_an_error(tmp_path):
     with pytest.raises(StoreError, match="no such store"):
-        Store(tmp_path / "nope.db", create=False)
+        SQLiteStore(tmp_path / "nope.db", create=False)
 
 
 def test_not_a_database(tmp_path):
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not a readable shadowdiff store"):
-        Store(path)
+        SQLiteStore(path)
 
 
 def test_foreign_database_is_left_alone(tmp_path):
@@ -72,12 +71,12 @@ def test_foreign_database_is_left_alone(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(StoreError, match="not a shadowdiff store"):
-        Store(path)
+        SQLiteStore(path)
 
 
 def test_other_schema_version_is_refused(tmp_path):
     path = tmp_path / "s.db"
-    Store(path).close()
+    SQLiteStore(path).close()
     db = sqlite3.connect(path)
     db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.commit()
@@ -85,21 +84,46 @@ def test_other_schema_version_is_refused(tmp_path):
     with pytest.raises(
         StoreError, match="store schema version 99, this shadowdiff reads version 3"
     ):
-        Store(path)
+        SQLiteStore(path)
 
 
 def test_version_2_store_is_upgraded_in_place(tmp_path):
     path = tmp_path / "s.db"
-    with Store(path) as store:
+    with SQLiteStore(path) as store:
         store.write("r", "i", [], {"tap": {"seen": 3}})
     db = sqlite3.connect(path)
     db.execute("DROP TABLE events")
     db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     db.commit()
     db.close()
-    with Store(path, create=False) as store:
+    with SQLiteStore(path, create=False) as store:
         assert store.counts("r") == {"seen": 3}
         store.write("r", "i", [], {}, events=[Event(1.0, "paused", "ops", "false", "true")])
         assert store.events("r") == [Event(1.0, "paused", "ops", "false", "true")]
-    with Store(path) as store:  # and opens again at the new version
+    with SQLiteStore(path) as store:  # and opens again at the new version
         assert store.events("r")[0].actor == "ops"
+
+
+def test_a_locked_store_is_unavailable(tmp_path):
+    """Locked past the timeout (or busy, or a disk error): StoreUnavailable, which the
+    recorder retries, with sqlite3's message; never a sqlite3 error."""
+    path = tmp_path / "s.db"
+    with SQLiteStore(path) as store:
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")
+        store.db.execute("PRAGMA busy_timeout = 0")
+        with pytest.raises(StoreUnavailable, match="^database is locked$") as caught:
+            store.write("r", "i", [exchange(1)], {"tap": {"seen": 1}})
+        assert not isinstance(caught.value, sqlite3.Error)
+        blocker.rollback()
+        blocker.close()
+        store.write("r", "i", [exchange(1)], {"tap": {"seen": 1}})
+        assert store.counts("r") == {"seen": 1}
+
+
+def test_other_sqlite_errors_are_store_errors(tmp_path):
+    store = open_store(str(tmp_path / "s.db"))
+    store.close()
+    with pytest.raises(StoreError, match="closed database") as caught:
+        store.counts("r")
+    assert not isinstance(caught.value, StoreUnavailable | sqlite3.Error)

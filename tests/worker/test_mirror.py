@@ -5,16 +5,17 @@ from __future__ import annotations
 import gzip
 
 from aiohttp import web
+from factories import snapshot
+from helpers import free_port
 
 from conftest import Backend, serve_app
-from shadowdiff.cli.demo import free_port
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.model import RequestSnapshot
 from shadowdiff.worker.mirror import Mirror, copy_headers
 
 
 def request(path: str = "/x?a=1", body: bytes = b"", headers=None) -> RequestSnapshot:
-    return RequestSnapshot("f1", "POST" if body else "GET", path, headers or [], body, 0.0)
+    return snapshot(method="POST" if body else "GET", path=path, headers=headers, body=body)
 
 
 def test_copy_headers_rewrites():

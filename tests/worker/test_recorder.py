@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import sqlite3
 
-import orjson
+import factories
+from factories import outcome, snapshot
 
 from shadowdiff.config import load_config
 from shadowdiff.counts import imbalance
-from shadowdiff.model import Exchange, Outcome, RequestSnapshot
-from shadowdiff.store.sqlite import Store
+from shadowdiff.model import Exchange
+from shadowdiff.store import SQLiteStore
 from shadowdiff.worker.recorder import Recorder
 
 JSON = [(b"Content-Type", b"application/json")]
 
 
 def exchange(i: int, path: str, shadow_body: dict) -> Exchange:
-    return Exchange(
-        RequestSnapshot(f"f{i}", "GET", path, [], b"", float(i)),
-        Outcome(200, JSON, orjson.dumps({"a": 1}), 0.01),
-        Outcome(200, JSON, orjson.dumps(shadow_body), 0.01),
-        None,
-        route="",
+    return factories.exchange(
+        snapshot(f"f{i}", path=path, timestamp=float(i)), outcome({"a": 1}), outcome(shadow_body)
     )
 
 
@@ -36,7 +33,7 @@ def recorder(tmp_path, **routes) -> Recorder:
             "compare.examples": 2,
         },
     )
-    return Recorder(cfg, "test:1", Store(cfg.store))
+    return Recorder(cfg, "test:1", SQLiteStore(cfg.store))
 
 
 def test_compares_routes_and_keeps_examples(tmp_path):

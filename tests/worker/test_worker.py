@@ -9,7 +9,7 @@ from shadowdiff.channel import PrimaryResult, Setup, TapCounts
 from shadowdiff.config import load_config
 from shadowdiff.counts import imbalance
 from shadowdiff.model import Outcome, RequestSnapshot
-from shadowdiff.store.sqlite import Store
+from shadowdiff.store import SQLiteStore
 from shadowdiff.worker.worker import Worker
 
 
@@ -24,7 +24,7 @@ def make_worker(tmp_path, shadow_url: str, secondary_url: str | None = None, **m
             **{f"mirror.{k}": v for k, v in mirror.items()},
         },
     )
-    return Worker(Setup(cfg, "test:1"), Store(cfg.store))
+    return Worker(Setup(cfg, "test:1"), SQLiteStore(cfg.store))
 
 
 def snapshot(i: int) -> RequestSnapshot:
@@ -67,7 +67,7 @@ async def test_secondary_gets_every_copy_too(tmp_path, shadow: Backend):
     await asyncio.sleep(0.3)
     counts = await finish(worker, {"seen": 1, "sampled": 1})
     await secondary.stop()
-    [x] = Store(tmp_path / "w.db").exchanges("w")
+    [x] = SQLiteStore(tmp_path / "w.db").exchanges("w")
     assert x.shadow.status == x.secondary.status == 200
     assert len(secondary.seen) == len(shadow.seen) == 1 and counts["recorded"] == 1
 

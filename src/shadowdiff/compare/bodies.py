@@ -11,7 +11,7 @@ import gzip
 import zlib
 from dataclasses import dataclass
 
-import brotli  # type: ignore[import-not-found]
+import brotli
 import zstandard
 
 MAX_DECODED = 16 * 1024 * 1024

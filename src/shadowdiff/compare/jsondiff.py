@@ -4,7 +4,7 @@ Why not DeepDiff on every pair: it visits every node in Python (~90 ms for an 8 
 while mirrored responses are mostly equal or nearly so. This module proves equality at C speed
 (`==`, then orjson bytes, which also tell 1 from 1.0 and from True), descends only into unequal
 subtrees, and reports the paths DeepDiff reports for the same pair; `diff` lists the deliberate
-exceptions. Pure: no I/O; the only state is a small cache of compiled rules.
+exceptions. The rules' path patterns are `shadowdiff.jsonpath`'s. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,19 +12,17 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from fractions import Fraction
-from functools import lru_cache
 from typing import Any, TypeAlias
 
 import orjson
 
-__all__ = ["MAX_DEPTH", "Difference", "Rules", "diff", "format_path"]
+from shadowdiff.jsonpath import MAX_DEPTH, Rules, State, automaton, format_path
 
-MAX_DEPTH = 200
-"""Subtrees below this depth are compared whole: time, paths and memory stay bounded."""
+__all__ = ["MAX_DEPTH", "Difference", "diff"]
 
 _DIFFLIB_CELLS = 250_000
 """Largest len(a) * len(b) given to difflib, which is quadratic at worst, to align scalar lists."""
@@ -34,11 +32,10 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 _CONTAINERS = frozenset({dict, list})
 _NUMBERS = frozenset({int, float})
 _MISSING: Any = object()
-_OTHER_KEY: Any = object()  # stands for every dict key that no pattern names literally
-_OTHER_INDEX: Any = object()  # likewise for list indexes
+_NO_RULES = Rules()
 
 _Path: TypeAlias = "tuple[_Path, Any] | None"  # linked (parent, key or index): O(1) per step down
-_Task: TypeAlias = "tuple[Any, Any, _Path, _State, int]"
+_Task: TypeAlias = "tuple[Any, Any, _Path, State, int]"
 _Report: TypeAlias = tuple[int, Any, Any]  # (index, left or _MISSING, right or _MISSING)
 
 
@@ -57,238 +54,6 @@ class Difference:
     left: Any
     right: Any
     rule: str | None = None
-
-
-@dataclass(frozen=True)
-class Rules:
-    """What not to count as a divergence. Invalid patterns raise ValueError here, not in `diff`.
-
-    Patterns: `$` then `.key`, `['odd key']`, `[3]`, `.*` (any key), `[*]` (any index), and `..`
-    before any of them for "at any depth" (`$..trace_id`). A reported `Difference.path` is an
-    exact pattern. ignore covers the whole subtree; tolerance (pattern, absolute, relative)
-    applies to numbers exactly at matching paths; unordered lists compare as multisets;
-    normalize (pattern, regex, replacement) makes two strings at matching paths equal when
-    they are once the regex is replaced in both (values known to vary, such as timestamps).
-    """
-
-    ignore: tuple[str, ...] = ()
-    tolerance: tuple[tuple[str, float, float], ...] = ()
-    unordered: tuple[str, ...] = ()
-    unordered_all: bool = False
-    normalize: tuple[tuple[str, str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        # Tuples whatever the caller passed (lists from YAML): Rules must hash to be cached.
-        object.__setattr__(self, "ignore", tuple(self.ignore))
-        object.__setattr__(
-            self, "tolerance", tuple((p, float(a), float(r)) for p, a, r in self.tolerance)
-        )
-        object.__setattr__(self, "unordered", tuple(self.unordered))
-        object.__setattr__(self, "normalize", tuple(tuple(n) for n in self.normalize))
-        _automaton(self)
-
-
-def format_path(parts: Iterable[Any]) -> str:
-    """`$.items[3].price`, `$['odd key']`: readable, and accepted back as a rule pattern."""
-    out = ["$"]
-    for part in parts:
-        if type(part) is int:
-            out.append(f"[{part}]")
-        elif type(part) is not str:
-            out.append(f"[{part!r}]")  # not JSON; shown, never parsed back
-        elif part.isascii() and part.isidentifier():
-            out.append("." + part)
-        else:
-            out.append("['" + part.replace("\\", "\\\\").replace("'", "\\'") + "']")
-    return "".join(out)
-
-
-# ---------------------------------------------------------------------------- rule patterns
-
-_DESCEND, _KEY, _ANY_KEY, _INDEX, _ANY_INDEX = range(5)
-_Segment: TypeAlias = tuple[int, Any]
-
-_STEP = re.compile(
-    r"""(?P<dots>\.\.?)?(?:
-          \[(?P<index>\d+)\]
-        | \[(?P<any_index>\*)\]
-        | \['(?P<single>(?:[^'\\]|\\.)*)'\]
-        | \["(?P<double>(?:[^"\\]|\\.)*)"\]
-        | (?P<name>[^.\[\]]+)
-    )""",
-    re.VERBOSE | re.DOTALL,
-)
-_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
-
-
-def _parse(pattern: str) -> tuple[_Segment, ...]:
-    """Segments of a path pattern, or ValueError naming the pattern."""
-    if not isinstance(pattern, str) or not pattern.startswith("$"):
-        raise ValueError(f"path pattern must start with '$': {pattern!r}")
-    segments: list[_Segment] = []
-    pos = 1
-    while pos < len(pattern):
-        step = _STEP.match(pattern, pos)
-        dots = step["dots"] if step else None
-        if (
-            step is None
-            or (step["name"] is not None and not dots)
-            or (step["name"] is None and dots == ".")
-        ):
-            raise ValueError(f"bad path pattern at offset {pos}: {pattern!r}")
-        if dots == "..":
-            segments.append((_DESCEND, None))
-        if step["index"] is not None:
-            segments.append((_INDEX, int(step["index"])))
-        elif step["any_index"] is not None:
-            segments.append((_ANY_INDEX, None))
-        elif step["name"] == "*":
-            segments.append((_ANY_KEY, None))
-        elif step["name"] is not None:
-            segments.append((_KEY, step["name"]))
-        else:
-            quoted = step["single"] if step["single"] is not None else step["double"]
-            segments.append((_KEY, _ESCAPED.sub(r"\1", quoted)))
-        pos = step.end()
-    return tuple(segments)
-
-
-def _matches(segment: _Segment, token: Any) -> bool:
-    kind, arg = segment
-    if kind == _KEY:
-        return type(token) is str and token == arg
-    if kind == _ANY_KEY:
-        return token is _OTHER_KEY or type(token) is str
-    if kind == _INDEX:
-        return type(token) is int and token == arg
-    return token is _OTHER_INDEX or type(token) is int
-
-
-class _State:
-    """Where one path stands in all patterns at once: a lazily built DFA state.
-
-    Walking down costs one dict lookup per step, and nothing at all once no pattern can
-    match any more (the state with no live pattern is its own child).
-    """
-
-    __slots__ = (
-        "_automaton",
-        "_nfa",
-        "_literals",
-        "_next",
-        "ignored",
-        "tolerances",
-        "normalizers",
-        "unordered",
-        "rules_below",
-    )
-
-    def __init__(
-        self, automaton: _Automaton, nfa: frozenset[tuple[int, int]], inherited: bool
-    ) -> None:
-        self._automaton = automaton
-        self._nfa = nfa
-        self._next: dict[Any, _State] = {}
-        patterns, tags = automaton.patterns, automaton.tags
-        ends = [pid for pid, pos in nfa if pos == len(patterns[pid])]
-        live = [(pid, pos) for pid, pos in nfa if pos < len(patterns[pid])]
-        self.ignored = inherited or any(tags[pid] == "ignore" for pid in ends)
-        self.tolerances = tuple(
-            automaton.tolerances[pid] for pid in ends if tags[pid] == "tolerance"
-        )
-        self.normalizers = tuple(
-            automaton.normalizers[pid] for pid in ends if tags[pid] == "normalize"
-        )
-        self.unordered = automaton.unordered_all or any(tags[pid] == "unordered" for pid in ends)
-        self.rules_below = automaton.unordered_all or any(
-            tags[pid] not in ("tolerance", "normalize") for pid, _ in live
-        )
-        literals = set()
-        for pid, pos in live:
-            kind, arg = patterns[pid][pos + (patterns[pid][pos][0] == _DESCEND)]
-            if kind in (_KEY, _INDEX):
-                literals.add(arg)
-        self._literals = literals
-
-    def key(self, key: Any) -> _State:
-        """The state at `key` of a dict at this state."""
-        if not self._nfa:
-            return self
-        token = key if type(key) is str and key in self._literals else _OTHER_KEY
-        return self._next.get(token) or self._step(token)
-
-    def index(self, index: int) -> _State:
-        """The state at `index` of a list at this state."""
-        if not self._nfa:
-            return self
-        token = index if index in self._literals else _OTHER_INDEX
-        return self._next.get(token) or self._step(token)
-
-    def _step(self, token: Any) -> _State:
-        patterns = self._automaton.patterns
-        nfa: set[tuple[int, int]] = set()
-        for pid, pos in self._nfa:
-            segments = patterns[pid]
-            if pos == len(segments):
-                continue
-            if segments[pos][0] == _DESCEND:
-                nfa.add((pid, pos))  # `..` swallows this step, or the next segment matches it
-                if _matches(segments[pos + 1], token):
-                    nfa.add((pid, pos + 2))
-            elif _matches(segments[pos], token):
-                nfa.add((pid, pos + 1))
-        state = self._next[token] = self._automaton.state(frozenset(nfa), self.ignored)
-        return state
-
-
-class _Automaton:
-    """All patterns of one Rules, compiled once; states are shared between calls."""
-
-    def __init__(self, rules: Rules) -> None:
-        self.patterns: list[tuple[_Segment, ...]] = []
-        self.tags: list[str] = []
-        self.tolerances: list[tuple[float, float]] = []
-        self.normalizers: list[tuple[re.Pattern[str], str]] = []
-        for pattern in rules.ignore:
-            self._add(pattern, "ignore")
-        for pattern, absolute, relative in rules.tolerance:
-            if not (0 <= absolute < math.inf and 0 <= relative < math.inf):
-                raise ValueError(f"tolerances must be finite and >= 0: {pattern!r}")
-            self._add(pattern, "tolerance", tolerance=(absolute, relative))
-        for pattern in rules.unordered:
-            self._add(pattern, "unordered")
-        for pattern, regex, replacement in rules.normalize:
-            try:
-                compiled = re.compile(regex)
-            except re.error as e:
-                raise ValueError(f"bad normalize regex {regex!r}: {e}") from None
-            self._add(pattern, "normalize", normalizer=(compiled, replacement))
-        self.unordered_all = rules.unordered_all
-        self._states: dict[tuple[frozenset[tuple[int, int]], bool], _State] = {}
-        self.root = self.state(frozenset((pid, 0) for pid in range(len(self.patterns))), False)
-
-    def _add(
-        self,
-        pattern: str,
-        tag: str,
-        tolerance: tuple[float, float] = (0.0, 0.0),
-        normalizer: tuple[re.Pattern[str], str] = (re.compile(""), ""),
-    ) -> None:
-        self.patterns.append(_parse(pattern))
-        self.tags.append(tag)
-        self.tolerances.append(tolerance)
-        self.normalizers.append(normalizer)
-
-    def state(self, nfa: frozenset[tuple[int, int]], inherited: bool) -> _State:
-        state = self._states.get((nfa, inherited))
-        if state is None:
-            state = self._states[nfa, inherited] = _State(self, nfa, inherited)
-        return state
-
-
-@lru_cache(maxsize=128)
-def _automaton(rules: Rules) -> _Automaton:
-    return _Automaton(rules)
 
 
 # ---------------------------------------------------------------------------- equality
@@ -399,11 +164,11 @@ def _digest(data: bytes) -> bytes:
 def _leaf_bytes(value: Any) -> bytes:
     kind = type(value)
     if kind is str:
-        return b"s" + value.encode("utf-8", "surrogatepass")
+        return b"s" + str.encode(value, "utf-8", "surrogatepass")
     if kind is int:
         return b"i" + hex(value).encode()  # hex: no digit limit for 10**5000
     if kind is float:
-        return b"f" + value.hex().encode()
+        return b"f" + float.hex(value).encode()
     if kind is bool or value is None:
         return b"c" + repr(value).encode()
     try:
@@ -426,9 +191,9 @@ class _Canon:
         self._memo: dict[tuple[int, int], bytes] = {}
         self._open: set[tuple[int, int]] = set()  # a node met again while open is a cycle
 
-    def __call__(self, root: Any, state: _State | None) -> bytes:
+    def __call__(self, root: Any, state: State | None) -> bytes:
         done: list[bytes] = []
-        todo: list[tuple[Any, _State | None, list[Any] | None]] = [(root, state, None)]
+        todo: list[tuple[Any, State | None, list[Any] | None]] = [(root, state, None)]
         while todo:
             node, st, children = todo.pop()
             kind = type(node)
@@ -462,7 +227,7 @@ class _Canon:
 
     @staticmethod
     def _expand(
-        node: Any, st: _State | None, todo: list[tuple[Any, _State | None, list[Any] | None]]
+        node: Any, st: State | None, todo: list[tuple[Any, State | None, list[Any] | None]]
     ) -> None:
         """Queue a container's closing step, then its children (first child on top)."""
         if type(node) is dict:
@@ -584,7 +349,7 @@ class _Walker:
         self._found: list[tuple[tuple[tuple[int, Any], ...], Difference]] = []
         self._canon = _Canon()
 
-    def run(self, a: Any, b: Any, root: _State) -> list[Difference]:
+    def run(self, a: Any, b: Any, root: State) -> list[Difference]:
         todo = self._todo
         todo.append((a, b, None, root, 0))
         while todo:
@@ -604,7 +369,7 @@ class _Walker:
         self._found.sort(key=lambda found: found[0])
         return [difference for _, difference in self._found]
 
-    def _emit(self, path: _Path, state: _State, kind: str, left: Any, right: Any) -> None:
+    def _emit(self, path: _Path, state: State, kind: str, left: Any, right: Any) -> None:
         if state.ignored:
             rule: str | None = "ignore"
         elif (
@@ -625,7 +390,7 @@ class _Walker:
         )
 
     def _dict(
-        self, a: dict[Any, Any], b: dict[Any, Any], path: _Path, state: _State, depth: int
+        self, a: dict[Any, Any], b: dict[Any, Any], path: _Path, state: State, depth: int
     ) -> None:
         removed = 0
         for key, left in a.items():
@@ -640,7 +405,7 @@ class _Walker:
                 if key not in a:
                     self._emit((path, key), state.key(key), "added", None, right)
 
-    def _list(self, a: list[Any], b: list[Any], path: _Path, state: _State, depth: int) -> None:
+    def _list(self, a: list[Any], b: list[Any], path: _Path, state: State, depth: int) -> None:
         n, m = len(a), len(b)
         differ = [i for i in range(min(n, m)) if not _same(a[i], b[i])]
         if state.unordered:
@@ -663,7 +428,7 @@ class _Walker:
                 self._emit((path, j), state.index(j), "added", None, b[j])
 
     def _match(
-        self, a: list[Any], b: list[Any], ia: list[int], ib: list[int], state: _State
+        self, a: list[Any], b: list[Any], ia: list[int], ib: list[int], state: State
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[int], list[int]]:
         """Multiset matching of a[ia] against b[ib]: exact pairs, pairs equal modulo rules
         (ignored keys, unordered lists inside), and the unmatched on each side."""
@@ -684,7 +449,7 @@ class _Walker:
         return exact, loose, left_a, left_b
 
     def _reordered(
-        self, a: list[Any], b: list[Any], differ: list[int], path: _Path, state: _State, depth: int
+        self, a: list[Any], b: list[Any], differ: list[int], path: _Path, state: State, depth: int
     ) -> bool:
         """Report a permutation as one "ordering" difference; False if it is none."""
         exact, loose, left_a, left_b = self._match(a, b, differ, differ, state)
@@ -696,7 +461,7 @@ class _Walker:
         return True
 
     def _unordered(
-        self, a: list[Any], b: list[Any], differ: list[int], path: _Path, state: _State, depth: int
+        self, a: list[Any], b: list[Any], differ: list[int], path: _Path, state: State, depth: int
     ) -> None:
         """Multiset comparison. Leftovers are compared pairwise when that is unambiguous (one
         on each side, or the same index), otherwise reported as removed and added."""
@@ -723,7 +488,7 @@ class _Walker:
         b: list[Any],
         pairs: list[tuple[int, int]],
         path: _Path,
-        state: _State,
+        state: State,
         depth: int,
     ) -> None:
         """Look inside matched items that are not identical, at the primary's index."""
@@ -734,7 +499,7 @@ class _Walker:
         )
 
 
-def diff(a: Any, b: Any, rules: Rules = Rules()) -> list[Difference]:
+def diff(a: Any, b: Any, rules: Rules = _NO_RULES) -> list[Difference]:
     """Every difference from primary `a` to shadow `b`, sorted by path (indexes numerically),
     rule-neutralised ones included and flagged by `rule`. Never raises, even on non-JSON input.
 
@@ -755,48 +520,4 @@ def diff(a: Any, b: Any, rules: Rules = Rules()) -> list[Difference]:
     """
     if _same(a, b):
         return []
-    return _Walker().run(a, b, _automaton(rules).root)
-
-
-def mask(doc: Any, patterns: tuple[str, ...], replacement: Any) -> tuple[Any, bool]:
-    """`doc` with every value at a matching path replaced, and whether anything was; the same
-    patterns as `Rules.ignore` (redacting `$..password` in stored examples and reports).
-    Returns a copy only along changed branches; never raises; depth bounded like `diff`."""
-    root = _automaton(Rules(ignore=patterns)).root
-
-    def walk(node: Any, state: _State, depth: int) -> tuple[Any, bool]:
-        if depth >= MAX_DEPTH or not state.rules_below:
-            return node, False
-        if type(node) is dict:
-            items = [(k, state.key(k), v) for k, v in node.items()]
-        elif type(node) is list:
-            items = [(i, state.index(i), v) for i, v in enumerate(node)]
-        else:
-            return node, False
-        changed, out = False, []
-        for key, child, value in items:
-            if child.ignored:
-                new, hit = replacement, True
-            else:
-                new, hit = walk(value, child, depth + 1)
-            changed |= hit
-            out.append((key, new))
-        if not changed:
-            return node, False
-        return (dict(out) if type(node) is dict else [v for _, v in out]), True
-
-    return walk(doc, root, 0)
-
-
-def covered(path: str, patterns: tuple[str, ...]) -> bool:
-    """Whether a reported path (`$.user.token`) lies at or under one of the patterns."""
-    try:
-        segments = _parse(path)
-    except ValueError:
-        return False
-    state = _automaton(Rules(ignore=patterns)).root
-    for kind, arg in segments:
-        if kind not in (_KEY, _INDEX):
-            return False
-        state = state.key(arg) if kind == _KEY else state.index(arg)
-    return state.ignored
+    return _Walker().run(a, b, automaton(rules).root)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from shadowdiff import jsonpath
 from shadowdiff.compare import bodies, jsondiff
 from shadowdiff.config import Compare, Rules
 from shadowdiff.model import Divergence, Headers, Outcome
@@ -46,7 +47,7 @@ def excerpt(value: Any) -> str:
 class _Compiled:
     """One route's rules, compiled once."""
 
-    json: jsondiff.Rules
+    json: jsonpath.Rules
     ignore_headers: frozenset[str]
     ignore_status: bool
     ignore_body: bool
@@ -213,7 +214,7 @@ def _compile(sets: list[Rules], unordered_all: bool) -> _Compiled:
     tolerance = [t for rules in sets for t in rules.tolerance]
     unordered = [p for rules in sets for p in rules.unordered]
     normalize = [n for rules in sets for n in rules.normalize]
-    json_rules = jsondiff.Rules(
+    json_rules = jsonpath.Rules(
         ignore=tuple(j for p in ignore if (j := _json_path(p))),
         tolerance=tuple(
             (j, t.absolute, t.relative) for t in tolerance if (j := _json_path(t.path))

@@ -13,7 +13,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from shadowdiff.compare import bodies, jsondiff
+from shadowdiff import jsonpath
+from shadowdiff.compare import bodies
 from shadowdiff.config import Redact
 from shadowdiff.model import Divergence, Exchange, Headers, Outcome
 
@@ -40,7 +41,7 @@ class Redactor:
         ]
 
     def json(self, doc: Any) -> Any:
-        return jsondiff.mask(doc, self.paths, MASK)[0] if self.paths else doc
+        return jsonpath.mask(doc, self.paths, MASK)[0] if self.paths else doc
 
     def body(self, headers: Headers, data: bytes) -> tuple[Headers, bytes]:
         """Headers and body with secrets masked; a masked body is stored decoded. JSON (also
@@ -61,7 +62,7 @@ class Redactor:
             doc = orjson.loads(parsed.data)
         except orjson.JSONDecodeError:
             return headers, data
-        masked_doc, changed = jsondiff.mask(doc, self.paths, MASK)
+        masked_doc, changed = jsonpath.mask(doc, self.paths, MASK)
         try:
             return self._stored(headers, orjson.dumps(masked_doc), changed)
         except orjson.JSONEncodeError:  # deeper than orjson writes: hide the whole body
@@ -80,7 +81,7 @@ class Redactor:
         form: dict[str, list[str]] = {}
         for key, value in pairs:
             form.setdefault(key, []).append(value)
-        masked, changed = jsondiff.mask(form, self.paths, MASK)
+        masked, changed = jsonpath.mask(form, self.paths, MASK)
         if not changed:
             return text
         return urlencode(
@@ -104,7 +105,7 @@ class Redactor:
     def divergence(self, d: Divergence) -> Divergence:
         """A divergence whose values sit at a secret path or header shows no values."""
         secret = (d.path.startswith("header:") and d.path[7:].encode() in self.header_names) or (
-            d.path.startswith("body:$") and jsondiff.covered(d.path[5:], self.paths)
+            d.path.startswith("body:$") and jsonpath.covered(d.path[5:], self.paths)
         )
         return Divergence(d.path, d.kind, MASK, MASK, d.rule) if secret else d
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
@@ -164,7 +164,7 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _judged(request: web.Request) -> tuple[dict[str, Any], int]:
+async def _judged(request: web.Request) -> tuple[Mapping[str, object], int]:
     """The live verdict document (of `?route=`), or why there is none (503)."""
     try:
         return await request.app[_SOURCES].verdicts.verdict(request.query.get("route")), 200

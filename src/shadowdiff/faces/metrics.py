@@ -106,7 +106,8 @@ class Metrics:
     def __init__(
         self, run: str, counts: Callable[[], dict[str, int]], gauges: Callable[[], Gauges]
     ) -> None:
-        disable_created_metrics()  # `_created` series double the output and help no one here
+        # `_created` series double the output and help no one here (untyped upstream)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Books(counts, gauges, run))
         self.results = Counter(

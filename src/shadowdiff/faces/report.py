@@ -16,11 +16,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
+
+if TYPE_CHECKING:  # the judge package imports scipy: not at the worker's start
+    from shadowdiff.judge.schema import CheckRow, Example, Extras, RouteRow, VerdictDocument
 
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 TOP = 10  # routes and fields listed in the Markdown
@@ -62,7 +65,7 @@ CSP = (
 )
 
 
-def render_json(doc: Mapping[str, Any]) -> str:
+def render_json(doc: VerdictDocument) -> str:
     """The verdict document as stable, diffable JSON (sorted keys), newline-terminated."""
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
 
@@ -76,7 +79,7 @@ def md_escape(value: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
-def render_markdown(doc: Mapping[str, Any]) -> str:
+def render_markdown(doc: VerdictDocument) -> str:
     """A summary to paste into a release ticket; the HTML report has the details."""
     verdict = str(doc.get("verdict", "INCONCLUSIVE"))
     lines = [
@@ -179,7 +182,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(doc: Mapping[str, Any], extras: Mapping[str, Any]) -> str:
+def render_html(doc: VerdictDocument, extras: Extras) -> str:
     """One self-contained page (no network needed): banner, checks, routes, plots, examples."""
     routes = list(doc.get("routes", []))
     latencies = extras.get("latencies") or {}
@@ -226,7 +229,7 @@ def _environment() -> Environment:
     )
 
 
-def _failing(checks: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _failing(checks: Iterable[CheckRow]) -> list[CheckRow]:
     """Checks a reviewer must look at: failed first, then inconclusive; critical ones on top."""
     order = {"FAIL": 0, "INCONCLUSIVE": 1}
     bad = [c for c in checks if c.get("result") in order]
@@ -251,9 +254,10 @@ def _md_table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str
     return out
 
 
-def _latency_row(route: Mapping[str, Any]) -> list[str]:
+def _latency_row(route: RouteRow) -> list[str]:
     lat = route["latency"]
-    primary, shadow = lat.get("primary") or {}, lat.get("shadow") or {}
+    primary: Mapping[str, Any] = lat.get("primary") or {}
+    shadow: Mapping[str, Any] = lat.get("shadow") or {}
     return [
         route["route"],
         _ms(primary.get("p50")),
@@ -294,7 +298,7 @@ def _ratio(ratio: float | None, ci: Sequence[float] | None = None) -> str:
 
 
 def _route_view(
-    index: int, route: Mapping[str, Any], plot: Markup | None, examples: Mapping[str, Any]
+    index: int, route: RouteRow, plot: Markup | None, examples: Mapping[str, list[Example]]
 ) -> dict[str, Any]:
     """What the template shows of one route; ids come from the index, never from traffic."""
     fields = route.get("fields", [])
@@ -326,9 +330,10 @@ def _route_view(
     }
 
 
-def _example_view(example: Mapping[str, Any]) -> dict[str, Any]:
+def _example_view(example: Example) -> dict[str, Any]:
     """One exchange, with what differs between primary and shadow marked for the eye."""
-    primary, shadow = example.get("primary") or {}, example.get("shadow") or {}
+    primary: Mapping[str, Any] = example.get("primary") or {}
+    shadow: Mapping[str, Any] = example.get("shadow") or {}
     p_headers = [(str(k), str(v)) for k, v in primary.get("headers") or []]
     s_headers = [(str(k), str(v)) for k, v in shadow.get("headers") or []]
     body, body_note = _body(example.get("request_body"))

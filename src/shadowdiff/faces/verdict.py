@@ -12,14 +12,19 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from shadowdiff.compare import Redactor
 from shadowdiff.config import Config
 from shadowdiff.faces.alerts import Alert, Alerter
 from shadowdiff.store import Store, open_store
 
+if TYPE_CHECKING:  # the judge package imports scipy: loaded lazily, below
+    from shadowdiff.judge.schema import Example, VerdictDocument
+
 logger = logging.getLogger("shadowdiff.live")  # the name operators filter on
+
+T = TypeVar("T")
 
 FRESH = 1.0
 """Seconds a computed verdict is served before it is judged again."""
@@ -34,10 +39,10 @@ class LiveVerdict:
         self.failing: set[str] = set()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict")
         self.reader: Store | None = None  # opened and used in the verdict thread only
-        self.latest: dict[str | None, tuple[float, dict[str, Any]]] = {}
-        self.judging: dict[str | None, asyncio.Future[dict[str, Any]]] = {}
+        self.latest: dict[str | None, tuple[float, VerdictDocument]] = {}
+        self.judging: dict[str | None, asyncio.Future[VerdictDocument]] = {}
 
-    async def verdict(self, route: str | None = None) -> dict[str, Any]:
+    async def verdict(self, route: str | None = None) -> VerdictDocument:
         """The verdict document of the run (or of one route); at most FRESH seconds old.
 
         Callers asking at once share one judgement; the store is read in the verdict thread.
@@ -52,7 +57,7 @@ class LiveVerdict:
             judging.add_done_callback(lambda done: self._judged(route, done))
         return await asyncio.shield(judging)
 
-    def _judged(self, route: str | None, future: asyncio.Future[dict[str, Any]]) -> None:
+    def _judged(self, route: str | None, future: asyncio.Future[VerdictDocument]) -> None:
         del self.judging[route]
         if not future.cancelled() and future.exception() is None:
             if len(self.latest) >= MAX_CACHED:  # routes come from the query string: bounded
@@ -76,7 +81,7 @@ class LiveVerdict:
                 continue
             self.alert_failures(doc)
 
-    def alert_failures(self, doc: dict[str, Any]) -> None:
+    def alert_failures(self, doc: VerdictDocument) -> None:
         failing = {c["route"] for c in doc["checks"] if c["result"] == "FAIL"}
         for route in sorted(failing - self.failing):
             details = [c for c in doc["checks"] if c["route"] == route and c["result"] == "FAIL"]
@@ -91,13 +96,13 @@ class LiveVerdict:
             )
         self.failing = failing
 
-    async def examples(self, route: str, path: str) -> list[dict[str, Any]]:
+    async def examples(self, route: str, path: str) -> list[Example]:
         return await self._in_thread(self._examples, route, path)
 
     async def divergences(self, limit: int) -> list[tuple[str, str, str, str, str]]:
         return await self._in_thread(lambda: self._store().recent_divergences(self.cfg.run, limit))
 
-    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _store(self) -> Store:
@@ -105,13 +110,13 @@ class LiveVerdict:
             self.reader = open_store(self.cfg.store, create=False)
         return self.reader
 
-    def _document(self, route: str | None) -> dict[str, Any]:
+    def _document(self, route: str | None) -> VerdictDocument:
         from shadowdiff.judge import document  # scipy: a second of import, not at start
 
         doc, _, _ = document(self._store(), self.cfg.run, self.cfg, route, live=True)
         return doc
 
-    def _examples(self, route: str, path: str) -> list[dict[str, Any]]:
+    def _examples(self, route: str, path: str) -> list[Example]:
         from shadowdiff.judge import shown_examples
 
         return shown_examples(self._store(), self.cfg.run, route, path, Redactor(self.cfg.redact))

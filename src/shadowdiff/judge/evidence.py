@@ -7,22 +7,32 @@ HTML report needs (latency samples, redacted example exchanges).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import orjson
 
-from shadowdiff import __version__
-from shadowdiff.compare import Redactor, bodies, jsondiff
+from shadowdiff import __version__, jsonpath
+from shadowdiff.compare import Redactor, bodies
 from shadowdiff.config import Config
 from shadowdiff.counts import RECORDED_PRIMARY, by_reason, imbalance
-from shadowdiff.judge.checks import JudgeConfig, RouteData, Verdict, judge
+from shadowdiff.judge.checks import Check, JudgeConfig, RouteData, Verdict, judge
 from shadowdiff.judge.noise import RouteFindings, findings
-from shadowdiff.model import Exchange, Outcome
+from shadowdiff.judge.schema import (
+    CheckRow,
+    EventRow,
+    Example,
+    ExampleSide,
+    Extras,
+    Percentiles,
+    RouteRow,
+    VerdictDocument,
+)
+from shadowdiff.model import Event, Exchange, Outcome
 from shadowdiff.store import Store
 
 EXAMPLES_SHOWN = 5
@@ -44,7 +54,7 @@ def _accepted(cfg: Config) -> Any:
     def accepted(route: str, path: str) -> bool:
         if route in routes or path in exact:
             return True
-        return path.startswith("body:$") and jsondiff.covered(path[5:], patterns)
+        return path.startswith("body:$") and jsonpath.covered(path[5:], patterns)
 
     return accepted
 
@@ -62,7 +72,7 @@ def _column(rows: list[tuple[Any, ...]], index: int) -> np.ndarray:
     return np.array([np.nan if r[index] is None else r[index] for r in rows], dtype=float)
 
 
-def _percentiles(values: np.ndarray) -> dict[str, float] | None:
+def _percentiles(values: np.ndarray) -> Percentiles | None:
     values = values[np.isfinite(values)]
     if not values.size:
         return None
@@ -121,23 +131,19 @@ def latency_note(counts: dict[str, int]) -> str:
     )
 
 
+_JUDGE_FIELDS = {f.name for f in dataclasses.fields(JudgeConfig)}
+
+
 def judge_config(cfg: Config) -> JudgeConfig:
-    j = cfg.judge
-    return JudgeConfig(
-        allowed_divergence_rate=j.allowed_divergence_rate,
-        accepted_routes=tuple(j.accepted_routes),
-        min_pairs=j.min_pairs,
-        latency_tolerance=j.latency_tolerance,
-        p99_tolerance=j.p99_tolerance,
-        p99_min_pairs=j.p99_min_pairs,
-        error_rate_margin=j.error_rate_margin,
-        confidence=j.confidence,
-    )
+    """The judge's thresholds from the config's `judge` section (which also has
+    `accepted_paths`, applied here when findings are gathered)."""
+    values = cfg.judge.model_dump(include=_JUDGE_FIELDS)
+    return JudgeConfig(**{**values, "accepted_routes": tuple(values["accepted_routes"])})
 
 
 def document(
     store: Store, run: str, cfg: Config, only: str | None = None, live: bool = False
-) -> tuple[dict[str, Any], dict[str, Any], Verdict]:
+) -> tuple[VerdictDocument, Extras, Verdict]:
     """The verdict document, the report extras, and the verdict itself (of route `only`,
     if given: the judge then sees that route alone).
 
@@ -148,7 +154,7 @@ def document(
     counts = store.counts(run)
     verdict = judge(data, judge_config(cfg), latency_note(counts))
     latency_checks = {c.route: c for c in verdict.checks if c.id == "latency"}
-    routes = []
+    routes: list[RouteRow] = []
     for route, inputs in zip(found, data, strict=True):
         check = latency_checks.get(route.route)
         sides = latencies[route.route]
@@ -183,15 +189,17 @@ def document(
                 },
             }
         )
-    doc = {
+    doc: VerdictDocument = {
         "verdict": verdict.verdict,
-        "checks": [{**asdict(c), "ci": list(c.ci) if c.ci else None} for c in verdict.checks],
+        "checks": [_check_row(c) for c in verdict.checks],
         "routes": routes,
         "counts": {
-            **{
-                k: counts.get(k, 0)
-                for k in ("seen", "sampled", "recorded", "compared", "matched", "ignored")
-            },
+            "seen": counts.get("seen", 0),
+            "sampled": counts.get("sampled", 0),
+            "recorded": counts.get("recorded", 0),
+            "compared": counts.get("compared", 0),
+            "matched": counts.get("matched", 0),
+            "ignored": counts.get("ignored", 0),
             "divergent": sum(r.divergent for r in found),
             "dropped": by_reason(counts, "dropped"),
             "shadow_errors": by_reason(counts, "shadow_error"),
@@ -203,7 +211,7 @@ def document(
             for instance, named in store.instance_counts(run).items()
             for problem in imbalance(named)
         ],
-        "events": [asdict(e) for e in store.events(run)],
+        "events": [_event_row(e) for e in store.events(run)],
         "run": run,
         "config_sha256": config_sha256(cfg),
         "tool_version": __version__,
@@ -211,7 +219,7 @@ def document(
     }
     if live:
         return doc, {}, verdict
-    extras = {
+    extras: Extras = {
         "latencies": {
             route: {
                 side: [float(v) for v in values[np.isfinite(values)]]
@@ -224,11 +232,29 @@ def document(
     return doc, extras, verdict
 
 
+def _check_row(c: Check) -> CheckRow:
+    return {
+        "id": c.id,
+        "route": c.route,
+        "result": c.result,
+        "value": c.value,
+        "threshold": c.threshold,
+        "n": c.n,
+        "ci": list(c.ci) if c.ci else None,
+        "critical": c.critical,
+        "detail": c.detail,
+    }
+
+
+def _event_row(e: Event) -> EventRow:
+    return {"ts": e.ts, "kind": e.kind, "actor": e.actor, "old": e.old, "new": e.new}
+
+
 def examples(
     store: Store, run: str, found: list[RouteFindings], redactor: Redactor
-) -> dict[str, Any]:
+) -> dict[str, dict[str, list[Example]]]:
     """Up to EXAMPLES_SHOWN example exchanges per divergent (route, path), redacted again."""
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, list[Example]]] = {}
     for route in found:
         for field in route.fields:
             if field.noise:
@@ -241,7 +267,7 @@ def examples(
 
 def shown_examples(
     store: Store, run: str, route: str, path: str, redactor: Redactor
-) -> list[dict[str, Any]]:
+) -> list[Example]:
     """Up to EXAMPLES_SHOWN example exchanges of one (route, path), redacted again."""
     return [_example(x, redactor) for x in store.examples(run, route, path)[:EXAMPLES_SHOWN]]
 
@@ -266,7 +292,7 @@ def _pretty(headers: list[tuple[bytes, bytes]], data: bytes, redactor: Redactor)
     return _text(parsed.data)
 
 
-def _outcome(o: Outcome | None, redactor: Redactor) -> dict[str, Any] | None:
+def _outcome(o: Outcome | None, redactor: Redactor) -> ExampleSide | None:
     if o is None:
         return None
     if o.error:
@@ -280,7 +306,7 @@ def _outcome(o: Outcome | None, redactor: Redactor) -> dict[str, Any] | None:
     }
 
 
-def _example(x: Exchange, redactor: Redactor) -> dict[str, Any]:
+def _example(x: Exchange, redactor: Redactor) -> Example:
     request = x.request
     return {
         "method": request.method,

@@ -2,8 +2,8 @@
 and fleet that embed it. The only package that knows mitmproxy (with replay); it knows
 nothing of diffing, and hands every sampled request to the worker process over the channel."""
 
-from shadowdiff.live.proxy import StartupError, serve
+from shadowdiff.live.proxy import serve
 from shadowdiff.live.sampling import Sampler
 from shadowdiff.live.tap import ShadowDiff
 
-__all__ = ["Sampler", "ShadowDiff", "StartupError", "serve"]
+__all__ = ["Sampler", "ShadowDiff", "serve"]

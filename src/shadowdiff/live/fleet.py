@@ -72,4 +72,4 @@ def run(args: list[str], listen: str, control: str | None, processes: int) -> in
                     shifted(listen, i),
                     status,
                 )
-    return max(abs(child.returncode or 0) for child in children)
+    return max(abs(int(child.returncode or 0)) for child in children)

@@ -33,7 +33,7 @@ async def serve(cfg: Config) -> None:
     )
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     tap = ShadowDiff(cfg)
-    master.addons.add(tap)
+    master.addons.add(tap)  # type: ignore[no-untyped-call]
     # Listen only once the worker reads: no burst of queued samples at start-up.
     try:
         ready = await asyncio.wait_for(tap.start_worker(cfg), WORKER_START)

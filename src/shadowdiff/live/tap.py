@@ -42,6 +42,8 @@ _OPTIONS = {
     "shadowdiff_store": "store",
     "shadowdiff_control": "control.listen",
 }
+_NAMES = {key: "--" + option.removeprefix("shadowdiff_") for option, key in _OPTIONS.items()}
+"""How a bad override is named in its one-line error: as the flag that set it."""
 
 
 def primary_error_kind(message: str) -> str:
@@ -111,10 +113,10 @@ class ShadowDiff:
             return  # embedded with a preset config, or not configured yet
         base = self.preset.model_dump() if self.preset else None
         try:
-            cfg = load_config(path, overrides, base=None if path else base)
+            cfg = load_config(path, overrides, base=None if path else base, names=_NAMES)
             access_token(cfg.control)
         except ConfigError as e:
-            raise exceptions.OptionsError(f"shadowdiff: {e}") from None
+            raise exceptions.OptionsError(f"shadowdiff: {e}") from None  # type: ignore[no-untyped-call]
         if self.worker is not None and self.cfg is not None and _fixed(cfg) != _fixed(self.cfg):
             logger.warning("shadowdiff: only sampling changes apply at once; the rest on restart")
         self.cfg = cfg

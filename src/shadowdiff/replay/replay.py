@@ -36,7 +36,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from shadowdiff.channel import PrimaryResult, Setup
+from shadowdiff.channel import PrimaryResult, Setup, TapCounts
 from shadowdiff.config import SHADOW_MARKER, Config, Sampling
 from shadowdiff.counts import RECORDED_PRIMARY
 from shadowdiff.live import Sampler
@@ -123,7 +123,6 @@ class Replayer:
         self.stopping = asyncio.Event()
         self.done = 0
         self.pairs = 0
-        worker.tap_counts = self.counts
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -163,9 +162,7 @@ class Replayer:
                 reason = self.sampler.decide(request.method, request.path, lookup)
                 bucket = f"not_sampled.{reason}" if reason else None
             if bucket is not None:  # decided at once; a sampled entry is counted as it starts
-                self.counts["seen"] += 1
-                self.counts[bucket] += 1
-                self.worker.dirty = True
+                self.tally("seen", bucket)
                 self.done += 1
                 continue
             await self.window.acquire()
@@ -208,13 +205,16 @@ class Replayer:
 
     # -- one entry, as the tap would hand it over ----------------------------------------
 
+    def tally(self, *names: str) -> None:
+        """Counts in the tap's books and hands them to the worker, as the tap does."""
+        self.counts.update(names)
+        self.worker.on_record(TapCounts(self.worker.instance, dict(self.counts)))
+
     async def start(self, entry: Entry) -> None:
         request = entry.request
-        self.counts["seen"] += 1
-        self.counts["sampled"] += 1
-        self.worker.dirty = True
+        self.tally("seen", "sampled")
         if len(request.body) > self.cfg.mirror.max_body:
-            self.counts["dropped.too_large"] += 1
+            self.tally("dropped.too_large")
             return
         exchange = self.worker.on_request(request)
         if exchange is None:  # dropped by the worker, and counted there
@@ -229,7 +229,7 @@ class Replayer:
         if self.to_primary is not None and self.primary is not None:
             return await self.to_primary.send(self.primary, entry.request), None
         assert entry.response is not None  # the recording skipped entries without one
-        self.worker.counts[RECORDED_PRIMARY] += 1
+        self.worker.count(RECORDED_PRIMARY)
         too_large = len(entry.response.body) > self.cfg.mirror.max_body
         return entry.response, "too_large" if too_large else None
 
@@ -248,7 +248,7 @@ class Replayer:
                 task,
                 completed=self.done,
                 rate=self.pairs / elapsed,
-                divergent=self.worker.recorder.books["divergent"],
+                divergent=self.worker.merged().get("divergent", 0),
                 refresh=True,
             )
             if once:
@@ -305,8 +305,8 @@ async def replay(
     instance = f"replay:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     store = open_store(cfg.store)
     worker = Worker(Setup(config=cfg, instance=instance), store)
-    worker.counts.update({f"skipped.{k}": v for k, v in recording.skipped.items()})
-    worker.dirty = True
+    for reason, n in recording.skipped.items():
+        worker.count(f"skipped.{reason}", n)
     replayer = Replayer(worker, sampling, primary, concurrency, rate)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

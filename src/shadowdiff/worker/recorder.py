@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from shadowdiff.compare import OTHER, Comparer, Redactor, RouteTable
 from shadowdiff.config import Config
 from shadowdiff.model import Event, Exchange, apply_merge, result_of
-from shadowdiff.store import Store
+from shadowdiff.store import Store, StoreUnavailable
 
 logger = logging.getLogger("shadowdiff.recorder")
 
@@ -108,7 +107,7 @@ class Recorder:
                 self.examples,
                 self.events,
             )
-        except sqlite3.OperationalError as e:  # a full disk, a lock, a vanished file: retry
+        except StoreUnavailable as e:  # a lock, a full disk, a vanished file, a database down
             logger.error("cannot write to store %s: %s; will retry", self.store.path, e)
             self.last_error = str(e)
             lost = len(self.unwritten) - MAX_UNWRITTEN

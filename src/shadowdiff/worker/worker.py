@@ -102,7 +102,11 @@ class Worker:
         return task
 
     def drop(self, reason: str) -> None:
-        self.counts[f"dropped.{reason}"] += 1
+        self.count(f"dropped.{reason}")
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Adds to one of the worker's own counters; the next flush writes it."""
+        self.counts[name] += n
         self.dirty = True
 
     # -- one exchange ----------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""The verdict document's shape: the schema of `shadowdiff report --format json` and `/verdict`.
+
+Types only, for mypy (no runtime cost): `evidence.document` builds these, the reports, the gate,
+the CLI and the live verdict read them. A face imports them under TYPE_CHECKING, because this
+package imports scipy.
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict
+
+__all__ = [
+    "CheckRow",
+    "Counts",
+    "EventRow",
+    "Example",
+    "ExampleSide",
+    "Extras",
+    "FieldRow",
+    "Latency",
+    "Percentiles",
+    "RouteRow",
+    "StatusCell",
+    "VerdictDocument",
+]
+
+
+class Percentiles(TypedDict):
+    """Latency percentiles of one side, in seconds."""
+
+    p50: float
+    p95: float
+    p99: float
+
+
+class Latency(TypedDict):
+    """One route's timings: each side's percentiles (None without any) and the latency check's
+    typical shadow / baseline ratio with its CI (None when the check has none)."""
+
+    primary: Percentiles | None
+    shadow: Percentiles | None
+    secondary: Percentiles | None
+    ratio: float | None
+    ci: list[float] | None
+
+
+class FieldRow(TypedDict):
+    """One divergence path of a route (a `noise.Field`), with its rate over the route's pairs."""
+
+    path: str
+    kind: str
+    count: int
+    rate: float
+    noise_count: int
+    noise: bool
+    accepted: bool
+
+
+class StatusCell(TypedDict):
+    """How many exchanges went from the primary's outcome to the shadow's (a status or an error
+    kind)."""
+
+    primary: str
+    shadow: str
+    count: int
+
+
+class RouteRow(TypedDict):
+    route: str
+    pairs: int
+    divergent: int
+    divergence_rate: float
+    fields: list[FieldRow]
+    status_matrix: list[StatusCell]
+    latency: Latency
+
+
+class CheckRow(TypedDict):
+    """A `checks.Check`, its CI as a list."""
+
+    id: str
+    route: str
+    result: str
+    value: float | None
+    threshold: float | None
+    n: int
+    ci: list[float] | None
+    critical: bool
+    detail: str
+
+
+class Counts(TypedDict):
+    """The run's counters; `dropped` and `shadow_errors` by reason (only those above zero)."""
+
+    seen: int
+    sampled: int
+    recorded: int
+    compared: int
+    matched: int
+    ignored: int
+    divergent: int
+    dropped: dict[str, int]
+    shadow_errors: dict[str, int]
+
+
+class EventRow(TypedDict):
+    """A `model.Event`: what an operator (or the automatic kill switch) did."""
+
+    ts: float
+    kind: str
+    actor: str
+    old: str
+    new: str
+
+
+class VerdictDocument(TypedDict):
+    """The verdict document. `accounting` is empty in a live one (the books balance only once
+    every proxy has stopped)."""
+
+    verdict: str
+    checks: list[CheckRow]
+    routes: list[RouteRow]
+    counts: Counts
+    accounting: list[str]
+    events: list[EventRow]
+    run: str
+    config_sha256: str
+    tool_version: str
+    generated_at: str
+
+
+class ExampleSide(TypedDict):
+    """One side of an example exchange, redacted: the status, or the error kind of a failure
+    (which has no headers and an empty body)."""
+
+    status: int | str | None
+    headers: list[list[str]]
+    body: str
+
+
+class Example(TypedDict):
+    """One example exchange of a divergent (route, path), redacted, bodies cut for showing."""
+
+    method: str
+    path: str
+    request_headers: list[list[str]]
+    request_body: str
+    primary: ExampleSide | None
+    shadow: ExampleSide | None
+    secondary: ExampleSide | None
+
+
+class Extras(TypedDict):
+    """What the HTML report needs besides the document; empty for a live document."""
+
+    latencies: NotRequired[dict[str, dict[str, list[float]]]]  # route → side → seconds
+    examples: NotRequired[dict[str, dict[str, list[Example]]]]  # route → path → examples

@@ -1,0 +1,249 @@
+"""The store's schema and its row codecs, shared by both backends (a leaf: model and errors only).
+
+The schema is written in SQLite's dialect; the PostgreSQL backend translates it. It carries a
+version: a store written by another version is refused with a clear error, never read or
+migrated silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from shadowdiff.errors import StoreError
+from shadowdiff.model import Divergence, Exchange, Headers, Outcome, RequestSnapshot, result_of
+
+SCHEMA_VERSION = 3
+MIGRATES_FROM = ("2",)
+"""Older versions this one upgrades in place: version 3 only adds the events table."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS exchanges (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    route TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    request_headers BLOB NOT NULL,
+    request_body BLOB NOT NULL,
+    primary_status INTEGER, primary_error TEXT, primary_latency REAL,
+    primary_headers BLOB, primary_body BLOB,
+    shadow_status INTEGER, shadow_error TEXT, shadow_latency REAL,
+    shadow_headers BLOB, shadow_body BLOB,
+    secondary_status INTEGER, secondary_error TEXT, secondary_latency REAL,
+    secondary_headers BLOB, secondary_body BLOB,
+    shadow_result TEXT NOT NULL,
+    secondary_result TEXT
+);
+CREATE INDEX IF NOT EXISTS exchanges_run_route ON exchanges (run, route);
+CREATE INDEX IF NOT EXISTS exchanges_flow ON exchanges (run, instance, flow_id);
+CREATE TABLE IF NOT EXISTS divergences (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    side TEXT NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    left_value TEXT NOT NULL,
+    right_value TEXT NOT NULL,
+    rule TEXT
+);
+CREATE INDEX IF NOT EXISTS divergences_run_route ON divergences (run, route, side, path);
+CREATE INDEX IF NOT EXISTS divergences_flow ON divergences (run, instance, flow_id);
+CREATE TABLE IF NOT EXISTS examples (
+    run TEXT NOT NULL,
+    route TEXT NOT NULL,
+    path TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    PRIMARY KEY (run, route, path, slot)
+);
+CREATE TABLE IF NOT EXISTS counts (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (run, instance, source, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    old_value TEXT NOT NULL,
+    new_value TEXT NOT NULL
+);
+"""
+
+SIDES = ("primary", "shadow", "secondary")
+COLUMNS = (
+    "run, instance, flow_id, ts, route, method, path, request_headers, request_body, "
+    + ", ".join(f"{s}_status, {s}_error, {s}_latency, {s}_headers, {s}_body" for s in SIDES)
+    + ", shadow_result, secondary_result"
+)
+
+
+def must_migrate(path: str, version: str) -> bool:
+    """Whether the store at `path`, found at schema `version`, is upgraded in place (a version
+    of MIGRATES_FROM) rather than used as it is (this version); any other is refused."""
+    if version in MIGRATES_FROM:
+        return True
+    if version != str(SCHEMA_VERSION):
+        raise StoreError(
+            f"{path}: store schema version {version}, this shadowdiff reads version "
+            f"{SCHEMA_VERSION}; use a matching shadowdiff or a new store path"
+        )
+    return False
+
+
+def masked(target: str) -> str:
+    """A store target fit to print: a URL's password (in the authority or the query) as ***."""
+    parts = urlsplit(target)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hosts}"
+    query = "&".join(
+        "password=***" if item.partition("=")[0] == "password" else item
+        for item in parts.query.split("&")
+        if item
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def clean(text: str) -> str:
+    """Text SQLite can store: a lone surrogate from a hostile body becomes its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def like_prefix(prefix: str) -> str:
+    """LIKE pattern (with ESCAPE '\\') of the routes under `prefix` (`prefix/...`)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+
+
+def headers_out(headers: Headers) -> bytes:
+    return orjson.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
+
+
+def headers_in(blob: bytes | None) -> Headers:
+    if not blob:
+        return []
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in orjson.loads(blob)]
+
+
+def side_row(outcome: Outcome | None) -> tuple[object, ...]:
+    if outcome is None:
+        return (None, None, None, None, None)
+    return (
+        outcome.status,
+        outcome.error,
+        outcome.latency,
+        headers_out(outcome.headers),
+        outcome.body,
+    )
+
+
+def outcome_of(cols: tuple[object, ...]) -> Outcome | None:
+    status, error, latency, headers, body = cols
+    if status is None and error is None:
+        return None
+    return Outcome(
+        status=status,  # type: ignore[arg-type]
+        headers=headers_in(headers),  # type: ignore[arg-type]
+        body=body or b"",  # type: ignore[arg-type]
+        latency=latency,  # type: ignore[arg-type]
+        error=error,  # type: ignore[arg-type]
+    )
+
+
+def exchange_row(
+    run: str,
+    instance: str,
+    x: Exchange,
+    key: Callable[[str], str],
+    text: Callable[[str], str],
+) -> tuple[object, ...]:
+    """An exchange as its row of `COLUMNS`: `key` prepares the route and `text` the method
+    and path, as the backend stores them."""
+    return (
+        run,
+        instance,
+        x.request.flow_id,
+        x.request.timestamp,
+        key(x.route),
+        text(x.request.method),
+        text(x.request.path),
+        headers_out(x.request.headers),
+        x.request.body,
+        *side_row(x.primary),
+        *side_row(x.shadow),
+        *side_row(x.secondary),
+        result_of(x.shadow_diffs),
+        result_of(x.secondary_diffs) if x.secondary else None,
+    )
+
+
+def divergence_rows(
+    run: str,
+    instance: str,
+    exchanges: list[Exchange],
+    key: Callable[[str], str],
+    text: Callable[[str], str],
+) -> list[tuple[object, ...]]:
+    """The exchanges' divergences as rows of the divergences table (run, instance, flow_id,
+    route, side, path, kind, left_value, right_value, rule): `key` prepares the route and
+    the path, `text` the two values."""
+    return [
+        (
+            run,
+            instance,
+            x.request.flow_id,
+            key(x.route),
+            side,
+            key(d.path),
+            d.kind,
+            text(d.left),
+            text(d.right),
+            d.rule,
+        )
+        for x in exchanges
+        for side, listed in (("shadow", x.shadow_diffs), ("secondary", x.secondary_diffs))
+        for d in listed
+    ]
+
+
+def exchange_of(row: tuple[Any, ...], found: list[tuple[str, Divergence]]) -> Exchange:
+    """An exchange from its row of `COLUMNS` and its (side, divergence) list."""
+    request = RequestSnapshot(
+        flow_id=row[2],
+        method=row[5],
+        path=row[6],
+        headers=headers_in(row[7]),
+        body=row[8],
+        timestamp=row[3],
+    )
+    primary, shadow, secondary = (
+        outcome_of(row[9 + 5 * i : 14 + 5 * i]) for i in range(len(SIDES))
+    )
+    assert primary is not None and shadow is not None
+    return Exchange(
+        request,
+        primary,
+        shadow,
+        secondary,
+        route=row[4],
+        shadow_diffs=[d for side, d in found if side == "shadow"],
+        secondary_diffs=[d for side, d in found if side == "secondary"],
+    )
