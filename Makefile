@@ -47,6 +47,7 @@ bench: $(STAMP) system
 	$(BIN)/python bench/compare_speed.py
 	$(BIN)/python bench/replay_speed.py
 	$(BIN)/python bench/fleet_throughput.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf .venv .venv312 .pytest_cache .mypy_cache .ruff_cache .coverage* demo.db*

@@ -125,7 +125,59 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("text, message", BAD)
+NOT_FINITE = [  # YAML's .inf and .nan are floats, not values of any option (finding 12)
+    (
+        "shadow: http://a:1\nmirror:\n  timeout: .inf\n",
+        "mirror.timeout: duration must be a finite number of seconds (got inf)",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  grace: .inf\n",
+        "mirror.grace: duration must be a finite number of seconds (got inf)",
+    ),
+    (
+        "shadow: http://a:1\ncontrol:\n  verdict_every: .nan\n",
+        "control.verdict_every: duration must be a finite number of seconds (got nan)",
+    ),
+    (
+        "shadow: http://a:1\nlog_interval: .nan\n",
+        "log_interval: duration must be a finite number of seconds (got nan)",
+    ),
+    (
+        "shadow: http://a:1\nalerts:\n  debounce: -.inf\n",
+        "alerts.debounce: duration must be a finite number of seconds (got -inf)",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  grace: 1.0e+12\n",
+        "mirror.grace: duration must be at most 168h (got 1000000000000.0)",
+    ),
+    (
+        "shadow: http://a:1\nsampling:\n  rate: .nan\n",
+        "sampling.rate: Input should be a finite number (got nan)",
+    ),
+    (
+        "shadow: http://a:1\nsampling:\n  max_per_second: .inf\n",
+        "sampling.max_per_second: Input should be a finite number (got inf)",
+    ),
+    (
+        "shadow: http://a:1\ncompare:\n  tolerance: [{path: 'body:$.a', relative: .inf}]\n",
+        "compare.tolerance[0].relative: Input should be a finite number (got inf)",
+    ),
+    (
+        "shadow: http://a:1\njudge:\n  p99_tolerance: .inf\n",
+        "judge.p99_tolerance: Input should be a finite number (got inf)",
+    ),
+    (
+        "shadow: http://a:1\nmirror:\n  max_in_flight: .inf\n",
+        "mirror.max_in_flight: Input should be a finite number (got inf)",
+    ),
+    (
+        "shadow: http://a:1\nmax_unwritten: .inf\n",
+        "max_unwritten: 'inf' is not a size (use e.g. 1MiB, 512KB, 4096)",
+    ),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD + NOT_FINITE)
 def test_bad_config_one_line_error(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -164,3 +216,59 @@ def test_control_beyond_loopback_needs_a_token(monkeypatch):
     assert access_token(wide) == "t0k"
     with pytest.raises(ConfigError, match="control.listen: 'nowhere' is not HOST:PORT"):
         load_config(None, {**shadow, "control.listen": "nowhere"})
+
+
+@pytest.mark.parametrize(
+    "key, value, where",
+    [
+        ("compare.ignore", ["body:$..["], "compare.ignore[0]"),
+        ("compare.unordered", ["body:$.items["], "compare.unordered[0]"),
+        ("compare.tolerance", [{"path": "body:$$"}], "compare.tolerance[0].path"),
+        (
+            "compare.normalize",
+            [{"path": "body:$.[", "pattern": "x"}],
+            "compare.normalize[0].path",
+        ),
+        ("compare.routes", [{"route": "GET /", "ignore": ["body:$['a"]}], "compare.routes[0]"),
+        ("judge.accepted_paths", ["body:$x"], "judge.accepted_paths[0]"),
+    ],
+)
+def test_json_paths_are_parsed_when_the_config_loads(key, value, where):
+    """With the parser the comparison uses: one bad path used to drop every exchange
+    (`dropped.compare`) and log a traceback per request (audit finding 12)."""
+    with pytest.raises(ConfigError, match=r"is not a valid JSON path: bad path pattern") as info:
+        load_config(None, {"shadow": "http://a:1", key: value})
+    assert str(info.value).startswith(f"config: {where}")
+    good = ["body:$..trace_id", "body:$.items[*].price", "body:$['odd key'][3]", "header:x-a"]
+    cfg = load_config(None, {"shadow": "http://a:1", "compare.ignore": good})
+    assert cfg.compare.ignore == good
+
+
+def deep_yaml(depth: int) -> str:
+    return "shadow: http://a:1\nrun: " + "[" * depth + "x" + "]" * depth + "\n"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"shadow: http://a:1\nrun: \xff\xfe\n", "cannot read config: not UTF-8 text (byte 0xff"),
+        (deep_yaml(5000).encode(), "invalid YAML: nested too deeply"),
+        (b"shadow: http://a:1\nrun: 2020-13-01\n", "invalid YAML: cannot read a value (month"),
+        (b"shadow: http://a:1\nlog_interval: " + b"9" * 5000 + b"\n", "invalid YAML: cannot read"),
+        (b'shadow: http://a:1\n"x\\ny": 1\n', "'x\\ny': unknown option"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_one_line(tmp_path, data, message):
+    """Invalid UTF-8 and 5,000-deep YAML ended in tracebacks (audit finding 15), as did a
+    date or an integer PyYAML cannot build."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(info.value)
+
+
+def test_no_config_file_fills_the_memory():
+    with pytest.raises(ConfigError, match=r"^/dev/zero: cannot read config: larger than 16 MiB"):
+        load_config("/dev/zero")

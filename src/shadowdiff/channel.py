@@ -5,7 +5,9 @@ never awaits: it writes what the kernel takes at once, keeps the rest in a buffe
 event loop when the socket is writable, and refuses a record (the caller counts a drop) when
 that buffer would exceed its byte budget. Both ends are our own processes, so pickle is safe.
 What travels back is small and rare: the worker's one-byte greeting (it is up and reading),
-then framed control records (the kill switch and the sampling dial) for the tap to apply.
+then framed control records (the kill switch and the sampling dial) for the tap to apply, and
+at the end its final books. Closing never blocks either: the tap hands over what it holds,
+ends its side, and the worker answers and closes its own once it has finished.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import contextlib
 import pickle
 import socket
 import struct
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shadowdiff.config import Config
@@ -60,11 +63,31 @@ class Control:
 @dataclass(frozen=True, slots=True)
 class Setup:
     """The first record on the channel: what the worker needs to know, including the
-    switch and dial a restarted worker must keep."""
+    switch and dial a restarted worker must keep.
+
+    `generation`: workers of this tap that died before this one; above 0 the worker first
+    takes over their books in the store. `counts`: the tap's counters as it started the
+    worker, the line between what the dead ones were handed and what this one will be.
+    `handover`: a worker the proxy stopped is still finishing and may hold the control port
+    for a moment."""
 
     config: Config
     instance: str
     control: Control = Control(paused=False, rate=None)
+    generation: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    handover: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """Worker → tap, its last word: this tap instance's whole books as the worker knows them,
+    `unwritten` exchanges it could not write (counted in them as `dropped.store`), and
+    whether the store's counts for the instance are `stale` (its last writes failed)."""
+
+    counts: dict[str, int]
+    unwritten: int
+    stale: bool
 
 
 def frame(record: Any) -> bytes:
@@ -88,31 +111,39 @@ class Writer:
         self.inbox = bytearray()
         self.on_message = on_message
         self.broken = False
+        self.closing = False
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[bool] = self.loop.create_future()
+        self.ended: asyncio.Future[None] = self.loop.create_future()
+        """Resolves once the channel is over: the worker closed its side (it finished, or it
+        died), or `finish` stopped waiting."""
         self.loop.add_reader(sock, self._readable)
 
     def send(self, record: Any) -> bool:
-        if self.broken:
+        if self.broken or self.closing:
             return False
         data = frame(record)
+        if self.buffer and len(self.buffer) + len(data) > self.budget:
+            return False
+        self._put(data)
+        return not self.broken
+
+    def _put(self, data: bytes) -> None:
+        """Writes what the kernel takes now and buffers the rest: a frame the kernel took in
+        part is always finished, to keep the framing whole."""
         if self.buffer:
-            if len(self.buffer) + len(data) > self.budget:
-                return False
             self.buffer += data
-            return True
+            return
         try:
             sent = self.sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
             self.abandon()
-            return False
+            return
         if sent < len(data):
-            # A frame the kernel took in part is always finished, to keep the framing whole.
             self.buffer += memoryview(data)[sent:]
             self.loop.add_writer(self.sock, self._drain)
-        return True
 
     def _readable(self) -> None:
         """The greeting, then control records; end of stream before the greeting means the
@@ -124,10 +155,11 @@ class Writer:
         except OSError:
             data = b""
         if not data:
-            self.loop.remove_reader(self.sock)
-            if not self.ready.done():
-                self.ready.set_result(False)
+            self._end()
             return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         if not self.ready.done():
             self.ready.set_result(True)
             data = data[1:]
@@ -155,29 +187,82 @@ class Writer:
         del self.buffer[:sent]
         if not self.buffer:
             self.loop.remove_writer(self.sock)
+            if self.closing:
+                self._shut()
 
     def abandon(self) -> None:
+        """The worker is gone: refuse every record from now on."""
+        if self.broken:
+            return
         self.broken = True
         self.buffer.clear()
         self.loop.remove_writer(self.sock)
 
-    def close(self, timeout: float, last: Any = None) -> None:
-        """Flush what is buffered and the `last` record, whatever the budget (blocking,
-        bounded by `timeout`), then close. Shutdown only."""
+    def close(self, last: Any = None) -> None:
+        """Hands over what is buffered and the `last` record, whatever the budget, then ends
+        our side; never blocks. The worker reads to the end, sends its final records and
+        closes its side, and `ended` resolves; `finish` waits for that where no loop will."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.broken:
+            return
+        if last is not None:
+            self._put(frame(last))
+        if not self.buffer:
+            self._shut()
+
+    def finish(self, timeout: float) -> bool:
+        """Blocks until the worker has ended its side, at most `timeout` seconds: for the
+        end of the process, where the loop will not run again. Whether it did."""
+        if self.ended.done():
+            return True
+        self.close()
         self.loop.remove_writer(self.sock)
         self.loop.remove_reader(self.sock)
-        if not self.ready.done():
-            self.ready.set_result(False)
-        if last is not None and not self.broken:
-            self.buffer += frame(last)
-        if self.buffer and not self.broken:
-            self.sock.settimeout(timeout)
-            with contextlib.suppress(OSError):
-                self.sock.sendall(self.buffer)
-        self.buffer.clear()
+        deadline = time.monotonic() + timeout
+        ended = True
+        try:
+            while self.buffer and not self.broken:
+                self.sock.settimeout(_left(deadline))
+                del self.buffer[: self.sock.send(self.buffer)]
+            self._shut()
+            while data := self._recv(deadline):
+                self._received(data)
+        except TimeoutError:
+            ended = False
+        except OSError:
+            pass  # the worker died: nothing more will come
+        self._end()
+        return ended
+
+    def _recv(self, deadline: float) -> bytes:
+        self.sock.settimeout(_left(deadline))
+        return self.sock.recv(65536)
+
+    def _shut(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
+
+    def _end(self) -> None:
+        """Nothing more goes either way."""
+        self.broken = True
+        self.buffer.clear()
+        self.loop.remove_writer(self.sock)
+        self.loop.remove_reader(self.sock)
         self.sock.close()
+        if not self.ready.done():
+            self.ready.set_result(False)
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+def _left(deadline: float) -> float:
+    """Seconds until `deadline`, for a socket timeout (0 would mean non-blocking)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
 
 
 class Reader:
@@ -198,6 +283,12 @@ class Reader:
         """A control record back to the tap (buffered by the stream, never awaited)."""
         if not self.writer.is_closing():
             self.writer.write(frame(record))
+
+    async def close(self) -> None:
+        """Ends the worker's side once what was sent is out: the tap then sees the end."""
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
 
     async def read(self) -> Any | None:
         """The next record, or None at end of stream."""

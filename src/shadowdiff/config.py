@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -37,9 +38,14 @@ SHADOW_MARKER = ("X-Shadowdiff", "shadow")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 
+MAX_DURATION = 7 * 24 * 3600.0
+"""Seconds (168h), the longest duration an option takes: far beyond what any of them needs,
+and within every timer's range (an infinite grace overflowed the platform's time_t)."""
+
 
 def parse_duration(value: Any) -> float:
-    """Seconds from `5s`, `250ms`, `1m`, `2h` or a bare number of seconds."""
+    """Seconds from `5s`, `250ms`, `1m`, `2h` or a bare number of seconds; finite, positive
+    and at most MAX_DURATION (`.inf` and `.nan` from YAML are floats, not durations)."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration (use e.g. 5s, 250ms, 1m)")
     if isinstance(value, int | float):
@@ -49,8 +55,12 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"{str(value)!r} is not a duration (use e.g. 5s, 250ms, 1m)")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration must be a finite number of seconds (got {value!r})")
     if seconds <= 0:
         raise ValueError(f"duration must be positive (got {value!r})")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration must be at most 168h (got {value!r})")
     return seconds
 
 
@@ -97,9 +107,10 @@ Method = Annotated[str, BeforeValidator(lambda v: str(v).upper())]
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default."""
+    """Unknown keys are errors: a typo must never silently fall back to a default. Every
+    number is finite: YAML's `.inf` and `.nan` are floats, and no option means either."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RouteRule(Strict):
@@ -183,11 +194,21 @@ length and encoding headers say nothing more. Set-Cookie is compared by cookie n
 
 
 def check_rule_path(value: str) -> str:
-    """`status`, `header:NAME` or `body:$...` (a JSON path), the places a divergence can be."""
+    """`status`, `header:NAME` or `body:$...` (a JSON path), the places a divergence can be.
+    The JSON path goes through the parser the comparison and the judge use, so a bad one
+    stops the config here instead of every exchange in the worker."""
+    from shadowdiff.jsonpath import Rules as PathRules
+
     text = str(value).strip()
     if text == "status" or (text.startswith("header:") and len(text) > 7):
         return text.lower() if text.startswith("header:") else text
-    if text.startswith("body:$") or text == "body":
+    if text == "body":
+        return text
+    if text.startswith("body:$"):
+        try:
+            PathRules(ignore=(text.removeprefix("body:"),))
+        except ValueError as e:
+            raise ValueError(f"{text!r} is not a valid JSON path: {e}") from None
         return text
     raise ValueError(f"{text!r} is not status, header:NAME, body or body:$.json.path")
 
@@ -284,18 +305,49 @@ def check_json_path(value: str) -> str:
     return str(value)
 
 
-class Redact(Strict):
-    """What never appears in a report or a stored example: header values and JSON paths."""
+DEFAULT_SECRET_NAMES = [
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "new_password",
+    "newpassword",
+    "old_password",
+    "oldpassword",
+    "current_password",
+    "secret",
+    "client_secret",
+    "clientsecret",
+    "private_key",
+    "privatekey",
+    "token",
+    "access_token",
+    "accesstoken",
+    "refresh_token",
+    "refreshtoken",
+    "id_token",
+    "idtoken",
+    "auth_token",
+    "authtoken",
+    "session_token",
+    "sessiontoken",
+    "auth",
+    "authorization",
+    "api_key",
+    "apikey",
+    "api-key",
+]
+"""Names whose values are secrets, whatever their case: JSON keys at any depth, form, query
+and multipart fields, and headers named so or ending in one after `-` or `_` (`X-Api-Key`)."""
 
+
+class Redact(Strict):
+    """What never appears in a report or a stored example: the values under secret names, the
+    listed headers' values, and the values at JSON paths."""
+
+    names: list[Annotated[str, Field(min_length=1)]] = DEFAULT_SECRET_NAMES
     headers: list[str] = DEFAULT_REDACTED_HEADERS
-    paths: list[Annotated[str, BeforeValidator(check_json_path)]] = [
-        "$..password",
-        "$..token",
-        "$..access_token",
-        "$..refresh_token",
-        "$..secret",
-        "$..api_key",
-    ]
+    paths: list[Annotated[str, BeforeValidator(check_json_path)]] = []
 
 
 def parse_control_listen(value: Any) -> str | None:
@@ -374,6 +426,9 @@ class Config(Strict):
     secondary: Url | None = None
     listen: Annotated[str, BeforeValidator(parse_listen)] = "127.0.0.1:8080"
     store: str = "shadowdiff.db"
+    max_unwritten: Size = ByteSize(256 * 1024 * 1024)
+    """Bytes of exchanges the worker holds while the store refuses writes (bodies dominate);
+    beyond, the oldest are dropped and counted as `dropped.store`."""
     log_interval: Duration = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     sampling: Sampling = Sampling()
@@ -398,7 +453,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
     """`sampling.routes[0].rate` from pydantic's location tuple."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = str(part) if str(part).isprintable() else repr(part)  # one line, whatever the key
+        out += f"[{name}]" if isinstance(part, int) else (f".{name}" if out else name)
     return out
 
 
@@ -437,9 +493,49 @@ def _one_line(error: ValidationError, source: str, flags: dict[str, str]) -> str
     if first["type"] == "missing":
         return f"{where}: required option is missing"
     message = first["msg"].removeprefix("Value error, ")
-    if "input" in first and first["type"] in ("less_than_equal", "greater_than_equal"):
+    if "input" in first and first["type"] in (
+        "less_than_equal",
+        "greater_than_equal",
+        "finite_number",
+    ):
         message += f" (got {first['input']!r})"
     return f"{where}: {message}"
+
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""Longest config file read: a real one is a few kilobytes; `--config /dev/zero` must not
+fill the memory."""
+
+
+def _read_yaml(path: str | Path) -> Any:
+    """The YAML document in the file at `path`; anything that keeps it from being read or
+    parsed is a one-line ConfigError, never a traceback."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: cannot read config: larger than 16 MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: cannot read config: not UTF-8 text (byte 0x{data[e.start]:02x}"
+            f" at offset {e.start})"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    except ValueError as e:  # a value its constructors refuse: 2020-13-01, a 5,000-digit int
+        reason = str(e).partition(";")[0]
+        raise ConfigError(f"{path}: invalid YAML: cannot read a value ({reason})") from None
 
 
 def load_config(
@@ -457,17 +553,7 @@ def load_config(
     raw: dict[str, Any] = copy.deepcopy(base) if base else {}
     source = str(path) if path else "config"
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+        loaded = _read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -6,6 +6,12 @@
 The tap owns seen, not_eligible, not_sampled, sampled and the drops at hand-off; the worker
 owns recorded and the drops after it received a snapshot. Names are disjoint, so the store
 can simply add them up.
+
+Reasons that say whose fault a missing exchange is, apart from the shadow's errors:
+`not_eligible.bad_header` (a control byte in a header name or value: no HTTP client sends
+it, so it is never sampled), `dropped.unsendable` (a copy the client still refused to build;
+outside the breaker and the shadow's error rate), `dropped.worker_down` (sampled while no
+worker ran) and `dropped.worker_died` (what a worker that died held, counted by the next).
 """
 
 from __future__ import annotations
@@ -13,6 +19,11 @@ from __future__ import annotations
 RECORDED_PRIMARY = "replay.recorded_primary"
 """Counter of exchanges whose primary side is a recorded response (`replay
 --from-recorded-primary`): their timings come from another time and place."""
+
+
+WORKER_RESTARTS = "worker.restarts"
+"""Tap counter of workers started again after one died: outside the books (no bucket), shown
+by `/healthz` and `/metrics`."""
 
 
 def total(counts: dict[str, int], prefix: str) -> int:
@@ -35,6 +46,15 @@ def imbalance(counts: dict[str, int]) -> list[str]:
     if sampled != fate:
         problems.append(f"sampled {sampled} != recorded + dropped {fate}")
     return problems
+
+
+def replaced(
+    run_counts: dict[str, int], stored: dict[str, int], fresh: dict[str, int]
+) -> dict[str, int]:
+    """A run's books with one instance's `stored` counters swapped for `fresh` ones: what the
+    store would hold had that instance's last write gone through."""
+    names = run_counts.keys() | fresh.keys()
+    return {n: run_counts.get(n, 0) - stored.get(n, 0) + fresh.get(n, 0) for n in names}
 
 
 def summary_line(run: str, counts: dict[str, int]) -> str:

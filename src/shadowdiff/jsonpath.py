@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeAlias
@@ -20,8 +20,9 @@ from typing import Any, TypeAlias
 __all__ = ["MAX_DEPTH", "Rules", "State", "automaton", "covered", "format_path", "mask"]
 
 MAX_DEPTH = 200
-"""Subtrees below this depth are compared whole by the diff and left as they are by `mask`:
-time, paths and memory stay bounded."""
+"""Subtrees below this depth are compared whole by the diff and replaced whole by `mask` where
+a pattern could still match (a secret is never kept for being deep): time, paths and memory
+stay bounded."""
 
 _OTHER_KEY: Any = object()  # stands for every dict key that no pattern names literally
 _OTHER_INDEX: Any = object()  # likewise for list indexes
@@ -261,17 +262,26 @@ def automaton(rules: Rules) -> _Automaton:
     return _Automaton(rules)
 
 
-def mask(doc: Any, patterns: tuple[str, ...], replacement: Any) -> tuple[Any, bool]:
+def mask(
+    doc: Any,
+    patterns: tuple[str, ...],
+    replacement: Any,
+    fold: Callable[[Any], Any] = lambda key: key,
+) -> tuple[Any, bool]:
     """`doc` with every value at a matching path replaced, and whether anything was; the same
-    patterns as `Rules.ignore` (redacting `$..password` in stored examples and reports).
-    Returns a copy only along changed branches; never raises; depth bounded like `diff`."""
+    patterns as `Rules.ignore` (redacting `$..password` in stored examples and reports). Dict
+    keys are matched as `fold` makes them (redaction folds case, its patterns folded alike).
+    Returns a copy only along changed branches; never raises; depth bounded like `diff`, a
+    container at MAX_DEPTH where a pattern could still match replaced whole."""
     root = automaton(Rules(ignore=patterns)).root
 
     def walk(node: Any, state: State, depth: int) -> tuple[Any, bool]:
-        if depth >= MAX_DEPTH or not state.rules_below:
+        if not state.rules_below:
             return node, False
+        if depth >= MAX_DEPTH:
+            return (replacement, True) if type(node) in (dict, list) else (node, False)
         if type(node) is dict:
-            items = [(k, state.key(k), v) for k, v in node.items()]
+            items = [(k, state.key(fold(k)), v) for k, v in node.items()]
         elif type(node) is list:
             items = [(i, state.index(i), v) for i, v in enumerate(node)]
         else:

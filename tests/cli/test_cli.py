@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import psycopg
 import pytest
 
 from conftest import shadowdiff
 from shadowdiff.model import Divergence, Exchange, Outcome, RequestSnapshot
-from shadowdiff.store import SQLiteStore
+from shadowdiff.store import SQLiteStore, masked
 
 
 def test_help():
@@ -152,3 +155,93 @@ def test_demo_runs_end_to_end(tmp_path):
     with SQLiteStore(tmp_path / "d.db", create=False) as store:
         counts = store.counts("demo")
     assert counts["seen"] == 120 and counts["recorded"] > 20
+
+
+def deep_yaml(depth: int) -> bytes:
+    return ("shadow: http://a:1\nrun: " + "[" * depth + "x" + "]" * depth + "\n").encode()
+
+
+TARGETS = ["--primary=http://127.0.0.1:9", "--shadow=http://127.0.0.1:9", "--control=off"]
+
+
+@pytest.mark.parametrize(
+    "command, config, message",
+    [
+        (
+            ["proxy", *TARGETS],
+            b"compare:\n  ignore: ['body:$..[']\n",
+            "compare.ignore[0]: 'body:$..[' is not a valid JSON path: bad path pattern",
+        ),
+        (
+            ["proxy", *TARGETS],
+            b"mirror:\n  grace: .inf\n",
+            "mirror.grace: duration must be a finite number of seconds (got inf)",
+        ),
+        (["gate"], deep_yaml(5000), "invalid YAML: nested too deeply"),
+        (["summary"], b"run: \xff\xfe\n", "cannot read config: not UTF-8 text (byte 0xff"),
+        (
+            ["report", "--format=md"],
+            b"control:\n  verdict_every: .nan\n",
+            "control.verdict_every: duration must be a finite number of seconds (got nan)",
+        ),
+        (
+            ["replay", "x.har", *TARGETS[:2]],
+            b"judge:\n  accepted_paths: ['body:$x']\n",
+            "judge.accepted_paths[0]: 'body:$x' is not a valid JSON path",
+        ),
+    ],
+)
+def test_a_config_that_would_break_the_run_is_one_line_exit_2(tmp_path, command, config, message):
+    """Refused before anything starts, by every command that reads a config (audit findings
+    12 and 15): a bad JSON path dropped every exchange, `.inf` and `.nan` durations broke
+    the copies, shutdown and the alert loop; invalid UTF-8 and deep YAML were tracebacks."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"shadow: http://127.0.0.1:9\n" + config)
+    store = tmp_path / "s.db"
+    result = shadowdiff(*command, f"--config={path}", f"--store={store}")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"shadowdiff: error: {path}: {message}")
+    assert result.stderr.count("\n") == 1
+    assert not store.exists()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def incomplete_store(request, tmp_path) -> str:
+    """A store whose meta claims schema version 3 and that has no other table."""
+    ddl = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+    version = "INSERT INTO meta VALUES ('schema_version', '3')"
+    if request.param == "sqlite":
+        path = tmp_path / "v3_missing.db"
+        db = sqlite3.connect(path)
+        db.execute(ddl)
+        db.execute(version)
+        db.commit()
+        db.close()
+        return str(path)
+    url = request.getfixturevalue("url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(ddl)
+        conn.execute(version)
+    return url
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["summary"],
+        ["gate"],
+        ["report", "--format=md"],
+        ["suggest-ignores", "--run=r"],
+        ["proxy", *TARGETS],
+        ["replay", "x.har", *TARGETS[:2]],
+    ],
+)
+def test_a_store_claiming_a_schema_without_its_tables_is_one_line_exit_2(incomplete_store, command):
+    """The audit's `v3_missing.db`: the proxy used to take traffic and retry "no such
+    table" for every batch, the readers to answer without naming the store (finding 16)."""
+    result = shadowdiff(*command, f"--store={incomplete_store}")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"shadowdiff: error: {masked(incomplete_store)}: not a complete shadowdiff store"
+        " (schema version 3 without table exchanges); use a new store path\n"
+    )

@@ -18,7 +18,7 @@ from deepdiff import DeepDiff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shadowdiff.compare.jsondiff import MAX_DEPTH, Difference, diff
+from shadowdiff.compare.jsondiff import MAX_DEPTH, Difference, any_index, diff
 from shadowdiff.jsonpath import Rules, format_path
 
 PROPERTY = settings(
@@ -622,3 +622,18 @@ def test_non_json_input_neither_raises_nor_hangs() -> None:
     assert diff(loop_a, loop_b) == []
     assert summary(diff({"x": Awkward()}, {"x": Awkward()})) == [("$.x", "changed", None)]
     assert time.perf_counter() - start < 5
+
+
+path_parts = st.lists(st.one_of(st.integers(0, 10**6), keys, st.text(alphabet="[]'\\0.*")))
+
+
+@PROPERTY
+@given(parts=path_parts, other=st.integers(0, 10**6))
+def test_any_index_names_every_item_alike_and_keys_as_they_are(parts: list[Any], other: int):
+    """A list's items share one path (`[*]`) whatever their index; keys, even ones that read
+    like indexes (`$['[1]']`), are never changed."""
+    moved = [other if type(p) is int else p for p in parts]
+    assert any_index(format_path(parts)) == any_index(format_path(moved))
+    keys_only = [p for p in parts if type(p) is str]
+    assert any_index(format_path(keys_only)) == format_path(keys_only)
+    assert any_index(format_path([*keys_only, 3, "a"])) == format_path(keys_only) + "[*].a"

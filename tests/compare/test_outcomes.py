@@ -9,9 +9,9 @@ import random
 import orjson
 import pytest
 
-from shadowdiff.compare.outcomes import Comparer
+from shadowdiff.compare.outcomes import MAX_DIVERGENCES, MORE, Comparer
 from shadowdiff.config import Compare
-from shadowdiff.model import DIVERGENT, IGNORED, MATCHED, Outcome, result_of
+from shadowdiff.model import DIVERGENT, IGNORED, MATCHED, Divergence, Outcome, result_of
 
 JSON = [(b"Content-Type", b"application/json")]
 
@@ -163,6 +163,45 @@ def test_ignore_paths_and_per_route_rules():
     assert result_of(compare(a, b, "GET /y", **per_route)) == DIVERGENT
 
 
+def test_a_long_list_changed_everywhere_is_capped_with_one_more():
+    """Audit finding 7: one changed value in each of 20,000 items is MAX_DIVERGENCES
+    divergences and one `more` that says how many were left, not 20,000 stored rows."""
+    n = 20_000
+    found = compare(ok(js(list(range(n)))), ok(js([i + 1 for i in range(n)])))
+    assert len(found) == MAX_DIVERGENCES + 1
+    assert paths(found[:2]) == [("body:$[0]", "changed", None), ("body:$[1]", "changed", None)]
+    left = n - MAX_DIVERGENCES
+    assert found[-1] == Divergence(
+        "body:…", MORE, f"{left} more divergences", f"{left} of them real", None
+    )
+    assert result_of(found) == DIVERGENT
+
+
+def test_the_cap_keeps_real_divergences_first_and_the_exchange_result():
+    """Neutralised differences beyond the cap stay neutralised (the exchange is `ignored`
+    as before), and a real one among many neutralised ones is kept, not summarised."""
+    items = [{"ts": i, "x": 0} for i in range(300)]
+    moved = [{"ts": -1 - i, "x": 0} for i in range(300)]
+    rules = {"ignore": ["body:$[*].ts"]}
+    ignored = compare(ok(js(items)), ok(js(moved)), **rules)
+    assert result_of(ignored) == IGNORED and len(ignored) == MAX_DIVERGENCES + 1
+    assert paths(ignored[-1:]) == [("body:…", MORE, "ignore")]
+    moved[250]["x"] = 1
+    real = compare(ok(js(items)), ok(js(moved)), **rules)
+    assert result_of(real) == DIVERGENT and ("body:$[250].x", "changed", None) in paths(real)
+    assert (real[-1].left, real[-1].rule) == ("201 more divergences", "ignore")
+
+
+def test_headers_beyond_the_cap_are_one_more():
+    def headers(value: bytes) -> list[tuple[bytes, bytes]]:
+        return JSON + [(f"x-h{i}".encode(), value) for i in range(MAX_DIVERGENCES + 50)]
+
+    found = compare(ok(js(1), headers(b"a")), ok(js(1), headers(b"b")))
+    assert len(found) == MAX_DIVERGENCES + 1
+    assert paths(found[-1:]) == [("header:…", MORE, None)]
+    assert found[-1].left == "50 more divergences"
+
+
 def test_normalizer_for_values_known_to_vary():
     a = ok(js({"msg": "order 12 created at 2026-01-01T10:00:00Z"}))
     b = ok(js({"msg": "order 12 created at 2026-03-04T11:12:13Z"}))
@@ -219,6 +258,12 @@ def test_undecodable_body_is_flagged():
     gz = [*JSON, (b"Content-Encoding", b"gzip")]
     found = compare(ok(js({"a": 1})), ok(b"\x1f\x8b broken", gz))
     assert ("body", "undecodable", None) in paths(found)
+
+
+def test_a_decompression_bomb_is_a_too_large_divergence():
+    gz = [*JSON, (b"Content-Encoding", b"gzip")]
+    found = compare(ok(js({"a": 1})), ok(gzip.compress(b"\0" * (17 << 20), 1), gz))
+    assert ("body", "too_large", None) in paths(found)
 
 
 HOSTILE = [

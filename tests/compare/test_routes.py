@@ -1,10 +1,13 @@
-"""Routes: identifiers collapse, configured templates win, busy positions collapse, a cap."""
+"""Routes: identifiers collapse, configured templates win, busy positions collapse, a cap,
+and what the table learns stays bounded."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from shadowdiff.compare.routes import OTHER, RouteTable
+from shadowdiff.compare.routes import LEARNED_PER_ROUTE, OTHER, RouteTable
 from shadowdiff.config import Routes
 from shadowdiff.model import apply_merge
 
@@ -64,3 +67,37 @@ def test_apply_merge_whole_segments_only():
         == "GET /users/{id}/posts"
     )
     assert apply_merge("GET /users/alice", "GET /users/al", "GET /users/{id}") == "GET /users/alice"
+
+
+def test_learning_stays_bounded_whatever_the_paths():
+    # the audit's crawler: 50 plain words per level, six levels, never enough to collapse
+    words = [f"v{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(50)]
+    table = RouteTable(Routes())
+    rng = random.Random(1)
+    for _ in range(20_000):
+        table.route("GET", "/" + "/".join(rng.choice(words) for _ in range(6)))
+    held = sum(map(len, table.seen.values())) + len(table.collapsed)
+    assert held == table.held <= Routes().max * LEARNED_PER_ROUTE  # 80,980 values before
+    assert len(table.routes) == Routes().max
+
+
+def test_a_collapse_forgets_what_was_learned_behind_it():
+    table = RouteTable(Routes(collapse_after=3))
+    for name in ("alice", "bob", "carol"):
+        for post in ("p", "q"):
+            table.route("GET", f"/users/{name}/posts/{post}")
+    assert ("GET", "/users/alice/posts/") in table.seen
+    assert table.route("GET", "/users/dave/posts/p") == "GET /users/{id}/posts/p"
+    assert not [key for key in table.seen if key[1].startswith("/users/") and "{id}" not in key[1]]
+    assert table.held == sum(map(len, table.seen.values())) + len(table.collapsed)
+
+
+def test_a_full_table_answers_without_learning():
+    table = RouteTable(Routes(max=2))  # learns 2 * LEARNED_PER_ROUTE values at most
+    assert table.route("GET", "/a") == "GET /a"
+    for i in range(2 * LEARNED_PER_ROUTE + 5):
+        table.route("GET", f"/w{i}/x")
+    assert table.held == table.learning
+    assert table.route("GET", "/a") == "GET /a"  # what it knows, it still answers
+    assert table.route("GET", "/fresh/word") == OTHER
+    assert ("GET", "/fresh/") not in table.seen

@@ -236,6 +236,26 @@ def test_html_without_extras_or_latency() -> None:
     assert "<svg" not in html and "No latency samples." in html
 
 
+def test_html_shows_bodies_too_deep_to_pretty_print_as_they_came() -> None:
+    """Audit finding 5: orjson reads 1,024 levels but writes only 254; such a body ended the
+    report in a traceback."""
+    doc = make_doc(1)
+    example = make_extras(doc, 1)["examples"][EVIL_ROUTE][EVIL_PATH][0]
+    bodies = ["[" * depth + "]" * depth for depth in (255, 1024)]
+    example["primary"]["body"], example["shadow"]["body"] = bodies
+    html = render_html(doc, {"examples": {EVIL_ROUTE: {EVIL_PATH: [example]}}})
+    assert all(body in html for body in bodies)
+
+
+def test_examples_come_in_the_order_given() -> None:
+    """The evidence orders examples as its fields; a list's items share one `[*]` path."""
+    doc = make_doc(1)
+    example = make_extras(doc, 1)["examples"][EVIL_ROUTE][EVIL_PATH][0]
+    paths = ["body:$.z", "body:$.items[*].price", "body:…"]
+    html = render_html(doc, {"examples": {EVIL_ROUTE: {p: [example] for p in paths}}})
+    assert html.index("body:$.z") < html.index("body:$.items[*].price") < html.index("body:…")
+
+
 def test_matplotlib_is_imported_only_to_plot() -> None:
     code = "import sys, shadowdiff.faces.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

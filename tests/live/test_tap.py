@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
 from conftest import Backend
-from shadowdiff.counts import imbalance
+from shadowdiff.counts import WORKER_RESTARTS, imbalance
+from shadowdiff.live import tap as tap_module
 from shadowdiff.live.tap import ShadowDiff, primary_error_kind
 from shadowdiff.model import ERROR_KINDS
 from shadowdiff.store import SQLiteStore
@@ -99,18 +103,17 @@ def test_primary_error_kind(message, kind):
     assert kind in ERROR_KINDS
 
 
+def run_with_worker(tctx: taddons.context, tap: ShadowDiff, store: Path, **options: str) -> None:
+    """Configures the tap to mirror everything into `store` and starts its real worker."""
+    tctx.configure(tap, shadowdiff_sample="1", shadowdiff_store=str(store), **options)
+    tap.running()
+
+
 async def test_hooks_feed_a_real_worker(tmp_path, shadow: Backend):
     store = tmp_path / "t.db"
     tap = ShadowDiff()
     with taddons.context(tap) as tctx:
-        tctx.configure(
-            tap,
-            shadowdiff_shadow=shadow.url,
-            shadowdiff_sample="1",
-            shadowdiff_store=str(store),
-            shadowdiff_run="tap",
-        )
-        tap.running()
+        run_with_worker(tctx, tap, store, shadowdiff_shadow=shadow.url, shadowdiff_run="tap")
         ok, failed, big = request_flow(), request_flow(), request_flow()
         for flow in (ok, failed, big):
             tap.request(flow)
@@ -125,7 +128,8 @@ async def test_hooks_feed_a_real_worker(tmp_path, shadow: Backend):
             if len(shadow.seen) == 3:
                 break
         await asyncio.sleep(0.2)
-        await asyncio.get_running_loop().run_in_executor(None, tap.done)
+        tctx.master.should_exit.set()  # the end of the process: `done` waits for the worker
+        tap.done()
     with SQLiteStore(store, create=False) as s:
         counts = s.counts("tap")
         exchanges = list(s.exchanges("tap"))
@@ -136,3 +140,84 @@ async def test_hooks_feed_a_real_worker(tmp_path, shadow: Backend):
         "(None, 'connect')",
     ]
     assert all(x.shadow.status == 200 for x in exchanges)
+
+
+def test_a_header_no_client_can_send_is_not_eligible():
+    """Finding 9: decided in the tap, before sampling, so the books balance; a tab is fine."""
+    tap = ShadowDiff()
+    with taddons.context(tap) as tctx:
+        tctx.configure(tap, shadowdiff_shadow="http://127.0.0.1:1", shadowdiff_sample="1")
+        bad_name = request_flow()
+        bad_name.request.headers.fields += ((b"X-\x7fA", b"v"),)
+        flows = [
+            request_flow(**{"X-A": "a\x01b"}),
+            request_flow(**{"X-A": "a\rb"}),
+            bad_name,
+            request_flow(**{"X-A": "a\tb"}),
+        ]
+        for flow in flows:
+            tap.request(flow)
+    assert tap.counts["not_eligible.bad_header"] == 3 and tap.counts["sampled"] == 1
+    assert imbalance(dict(tap.counts)) == []
+
+
+async def test_client_garbage_never_trips_the_breaker(tmp_path, shadow: Backend):
+    """Finding 9: 25 requests with a control byte in a header, then normal ones, through the
+    hooks and a real worker: the odd ones are not eligible, never shadow errors, and the
+    breaker (20 requests at 50 %) stays closed for the normal ones."""
+    store = tmp_path / "g.db"
+    tap = ShadowDiff()
+    with taddons.context(tap) as tctx:
+        run_with_worker(
+            tctx,
+            tap,
+            store,
+            shadowdiff_shadow=shadow.url,
+            shadowdiff_run="garbage",
+            shadowdiff_control="off",
+        )
+        assert await asyncio.wait_for(tap.writer.ready, 30)
+
+        async def through(flows: list[tflow.HTTPFlow]) -> None:
+            for flow in flows:
+                tap.request(flow)
+                flow.response = tutils.tresp(content=b'{"path": "/path"}')
+                tap.response(flow)
+            await asyncio.sleep(0.5)  # the worker sends the copies and judges the breaker
+
+        await through([request_flow(**{"X-A": "a\x01b"}) for _ in range(25)])
+        await through([request_flow() for _ in range(20)])
+        tctx.master.should_exit.set()
+        tap.done()
+    with SQLiteStore(store, create=False) as s:
+        counts = s.counts("garbage")
+    assert imbalance(counts) == [], counts
+    assert counts["not_eligible.bad_header"] == 25
+    assert counts["recorded"] == 20 == len(shadow.seen), counts
+    assert not [k for k, v in counts.items() if v and k.startswith(("shadow_", "breaker", "drop"))]
+
+
+async def test_a_worker_that_keeps_dying_is_started_again_then_given_up(
+    tmp_path, monkeypatch, caplog
+):
+    """Finding 1: each death is logged at ERROR and followed by a restart after a delay;
+    after the last delay the proxy keeps serving unmirrored, and says so."""
+    monkeypatch.setattr(tap_module, "RESTART_DELAYS", (0.05, 0.05))
+    caplog.set_level(logging.WARNING, logger="shadowdiff.tap")
+    tap = ShadowDiff()
+    with taddons.context(tap) as tctx:
+        # the store a directory: every worker stops at start
+        run_with_worker(
+            tctx, tap, tmp_path, shadowdiff_shadow="http://127.0.0.1:1", shadowdiff_control="off"
+        )
+        deadline = time.monotonic() + 30
+        while "giving up" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        tap.request(request_flow())
+        tctx.master.should_exit.set()
+        tap.done()
+    deaths = [r for r in caplog.records if "exited with status 2" in r.getMessage()]
+    assert len(deaths) == 3 and all(r.levelno == logging.ERROR for r in deaths), caplog.text
+    assert "traffic passes through unmirrored" in deaths[-1].getMessage()
+    assert tap.counts[WORKER_RESTARTS] == 2 and tap.writer is None
+    assert tap.counts["dropped.worker_down"] == 1 and imbalance(dict(tap.counts)) == []

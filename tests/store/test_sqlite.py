@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 
 import pytest
 
@@ -127,3 +129,56 @@ def test_other_sqlite_errors_are_store_errors(tmp_path):
     with pytest.raises(StoreError, match="closed database") as caught:
         store.counts("r")
     assert not isinstance(caught.value, StoreUnavailable | sqlite3.Error)
+
+
+@pytest.mark.parametrize(
+    "damage, missing",
+    [
+        (
+            [f"DROP TABLE {t}" for t in ("exchanges", "divergences", "examples", "counts")],
+            "table exchanges",
+        ),
+        (["DROP TABLE events", "CREATE TABLE events (run TEXT)"], "column events.actor"),
+    ],
+)
+def test_a_store_claiming_this_schema_without_its_tables_is_refused(tmp_path, damage, missing):
+    """`meta` says version 3 but the tables are not all there: refused at once, not retried
+    as "no such table" for every batch (audit finding 16)."""
+    path = tmp_path / "s.db"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    for statement in damage:
+        db.execute(statement)
+    db.commit()
+    db.close()
+    for create in (True, False):
+        with pytest.raises(StoreError) as caught:
+            SQLiteStore(path, create=create)
+        assert str(caught.value).startswith(
+            f"{path}: not a complete shadowdiff store (schema version 3 without {missing}"
+        )
+
+
+def test_a_new_store_is_private_whatever_the_umask(tmp_path):
+    """It holds whole requests and responses: 0600, its -wal and -shm too (audit finding 18);
+    a store that exists keeps the mode its owner gave it."""
+    path = tmp_path / "s.db"
+    old = os.umask(0)
+    try:
+        with SQLiteStore(path) as store:
+            store.write("r", "i", [exchange(1)], {"tap": {"seen": 1}})
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        assert modes == {"s.db": 0o600, "s.db-wal": 0o600, "s.db-shm": 0o600}
+        shared = tmp_path / "shared.db"
+        SQLiteStore(shared).close()
+        shared.chmod(0o640)
+        with SQLiteStore(shared) as store:
+            store.write("r", "i", [exchange(1)], {})
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_a_store_that_cannot_be_created_is_one_line(tmp_path):
+    with pytest.raises(StoreError, match=r"nowhere/s.db: cannot create the store: No such file"):
+        SQLiteStore(tmp_path / "nowhere" / "s.db")

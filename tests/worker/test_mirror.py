@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 
+import pytest
 from aiohttp import web
 from factories import snapshot
 from helpers import free_port
@@ -11,7 +12,7 @@ from helpers import free_port
 from conftest import Backend, serve_app
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.model import RequestSnapshot
-from shadowdiff.worker.mirror import Mirror, copy_headers
+from shadowdiff.worker.mirror import Mirror, Unsendable, copy_headers
 
 
 def request(path: str = "/x?a=1", body: bytes = b"", headers=None) -> RequestSnapshot:
@@ -153,3 +154,15 @@ async def test_a_target_not_starting_with_a_slash_is_never_sent():
         assert (await mirror.send("http://127.0.0.1:1", request)).error == "protocol"
     finally:
         await mirror.close()
+
+
+@pytest.mark.parametrize("header", [(b"X-A", b"a\x01b"), (b"X-A", b"a\x7fb"), (b"X-\x01", b"v")])
+async def test_a_copy_the_client_refuses_to_build_is_unsendable(header, shadow: Backend):
+    """Finding 9: aiohttp's refusal is no outcome of the shadow's, which never sees it."""
+    mirror = Mirror(MirrorConfig())
+    try:
+        with pytest.raises(Unsendable, match="control character"):
+            await mirror.send(shadow.url, request(headers=[header]))
+    finally:
+        await mirror.close()
+    assert shadow.seen == []

@@ -7,11 +7,12 @@ import sqlite3
 import factories
 from factories import outcome, snapshot
 
+from shadowdiff.compare.outcomes import MAX_DIVERGENCES
 from shadowdiff.config import load_config
 from shadowdiff.counts import imbalance
 from shadowdiff.model import Exchange
 from shadowdiff.store import SQLiteStore
-from shadowdiff.worker.recorder import Recorder
+from shadowdiff.worker.recorder import EXAMPLE_PATHS, Recorder
 
 JSON = [(b"Content-Type", b"application/json")]
 
@@ -84,3 +85,21 @@ def test_a_backlog_is_written_in_chunks(tmp_path, monkeypatch):
     counts = rec.store.counts("r")
     assert counts["recorded"] == 10 and imbalance(counts) == []
     assert len(list(rec.store.exchanges("r"))) == 10
+
+
+def test_example_reservoirs_are_bounded_per_route(tmp_path):
+    """Audit finding 7: a list changed in every item keeps its examples under one path
+    (`[*]`), and made-up keys (a fresh one in each answer) fill at most EXAMPLE_PATHS
+    reservoirs a route, where each used to keep one for ever."""
+    rec = recorder(tmp_path)
+    items = factories.exchange(
+        snapshot("f0", path="/list"), outcome(list(range(1000))), outcome(list(range(1, 1001)))
+    )
+    made_up = [exchange(i, "/keys", {"a": 1, f"key{i}": 1}) for i in range(1, 3 * EXAMPLE_PATHS)]
+    rec.record([items, *made_up], {})
+    assert sorted(rec.reservoirs["GET /list"]) == ["body:$[*]", "body:…"]
+    assert len(rec.reservoirs["GET /keys"]) == EXAMPLE_PATHS
+    [kept] = rec.store.examples("r", "GET /list", "body:$[*]")
+    assert kept.request.flow_id == "f0" and len(kept.shadow_diffs) == MAX_DIVERGENCES + 1
+    stored = rec.store.db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
+    assert stored == 2 + EXAMPLE_PATHS

@@ -10,6 +10,7 @@ from shadowdiff.config import load_config
 from shadowdiff.counts import imbalance
 from shadowdiff.model import Outcome, RequestSnapshot
 from shadowdiff.store import SQLiteStore
+from shadowdiff.worker import worker as worker_module
 from shadowdiff.worker.worker import Worker
 
 
@@ -95,3 +96,88 @@ async def test_shutdown_grace_then_counted(tmp_path):
     counts = await finish(worker, {"seen": 1, "sampled": 1})
     await hanging.stop()
     assert counts["dropped.shutdown"] == 1 and imbalance(counts) == []
+
+
+async def test_a_copy_that_cannot_be_built_is_dropped_outside_the_breaker(tmp_path, shadow):
+    """Finding 9's second line: a copy aiohttp refuses to build is the client's fault. It is
+    `dropped.unsendable`, never a shadow error, and gives back the half-open breaker's one
+    probe, so the next copy still goes out and closes it."""
+    worker = make_worker(
+        tmp_path,
+        shadow.url,
+        **{"breaker.min_requests": 1, "breaker.cool_down": "10ms", "breaker.probes": 1},
+    )
+    assert worker.breakers["shadow"].record(False) == "open"
+    await asyncio.sleep(0.05)  # cooled down: one probe may go
+    bad = [(b"X-A", b"a\x01b")]
+    for i in range(3):
+        worker.on_record(RequestSnapshot(f"f{i}", "GET", f"/odd/{i}", bad, b"", 1.0))
+        worker.on_record(primary(i))
+        await asyncio.sleep(0.1)
+    worker.on_record(snapshot(9))
+    worker.on_record(primary(9))
+    await asyncio.sleep(0.3)
+    counts = await finish(worker, {"seen": 4, "sampled": 4})
+    assert counts["dropped.unsendable"] == 3 and counts["recorded"] == 1, counts
+    assert not [k for k, v in counts.items() if v and k.startswith("shadow_error")], counts
+    assert worker.breakers["shadow"].state == "closed" and len(shadow.seen) == 1
+    assert imbalance(counts) == []
+
+
+async def test_a_worker_takes_over_the_books_of_one_that_died(tmp_path, shadow):
+    """Finding 1: what a dead worker wrote stays, what it held is `dropped.worker_died`, and
+    the books balance with every sample the tap handed to either."""
+    dead = make_worker(tmp_path, shadow.url)
+    dead.on_record(TapCounts("test:1", {"seen": 4, "sampled": 4}))
+    for i in range(6):
+        dead.on_record(snapshot(i))
+    for i in range(3):
+        dead.on_record(primary(i))
+    await asyncio.sleep(0.3)
+    await dead.flush()  # f0..f2 recorded and written, with tap counts already stale
+    # it dies: f3 and f4 wait for their primary, f5 was handed but never read
+    for task in dead.tasks:
+        task.cancel()
+    await dead.mirror.close()
+    dead.store.close()
+    # the tap: 7 seen, 6 handed to the dead worker, 1 dropped while none ran
+    tap = {"seen": 7, "sampled": 7, "dropped.worker_down": 1}
+    heir = Worker(Setup(dead.cfg, "test:1", generation=1, counts=tap), SQLiteStore(dead.cfg.store))
+    assert await heir.take_over(tap)
+    assert heir.counts["dropped.worker_died"] == 3
+    heir.on_record(snapshot(10))
+    heir.on_record(primary(10))
+    await asyncio.sleep(0.3)
+    heir.on_record(TapCounts("test:1", {**tap, "seen": 8, "sampled": 8}))
+    final = await heir.shutdown()
+    counts = heir.store.counts("w")
+    heir.store.close()
+    assert imbalance(counts) == [] and counts["recorded"] == 4, counts
+    assert {k: v for k, v in counts.items() if v} == {k: v for k, v in final.counts.items() if v}
+    assert not final.stale
+
+
+async def test_a_store_that_refuses_writes_fails_health_and_the_end_says_so(
+    tmp_path, shadow, monkeypatch
+):
+    """Finding 17: while writes fail `/healthz` fails (no grace in which a full disk reads
+    "ok"), and the final books say exactly what could not be written."""
+    monkeypatch.setattr(worker_module, "FINAL_WRITE", 0.5)
+    worker = make_worker(tmp_path, shadow.url)
+    db = worker.store.db  # SQLite's own limit: "database or disk is full", as on a full disk
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    tap = {"seen": 20, "sampled": 20}
+    worker.on_record(TapCounts("test:1", tap))
+    for i in range(20):
+        worker.on_record(RequestSnapshot(f"f{i}", "GET", f"/p/{i}?{'x' * 3000}", [], b"", 1.0))
+        worker.on_record(primary(i))
+    await asyncio.sleep(0.5)
+    await worker.flush()
+    health = worker.health()
+    assert health["status"] == "failing" and not health["store"]["ok"], health
+    assert "full" in health["store"]["detail"] and health["store"]["unwritten"] == 20
+    final = await worker.shutdown()
+    worker.store.close()
+    assert final.stale and final.unwritten == 20
+    assert final.counts["dropped.store"] == 20 and final.counts["seen"] == 20
+    assert imbalance(final.counts) == []

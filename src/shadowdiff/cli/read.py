@@ -103,7 +103,7 @@ def judge_run(store_path: str, run_name: str | None, cfg: Config, as_json: bool)
 
     with open_store(store_path, create=False) as store:
         run = _one_run(store, store_path, run_name)
-        doc, _, verdict = document(store, run, cfg)
+        doc, _, verdict = document(store, run, cfg, extras=False)  # it shows no examples
     if as_json:
         from shadowdiff.faces import render_json
 
@@ -141,7 +141,7 @@ def report(
     cfg = face_config(config_path)
     with open_store(store_path, create=False) as store:
         run = _one_run(store, store_path, run_name)
-        doc, extras, _ = document(store, run, cfg)
+        doc, extras, _ = document(store, run, cfg, extras=fmt == "html")
     text = {
         "html": lambda: render_html(doc, extras),
         "md": lambda: render_markdown(doc),

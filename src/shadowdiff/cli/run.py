@@ -32,7 +32,7 @@ from shadowdiff.cli.common import (
 )
 from shadowdiff.cli.read import judge_run
 from shadowdiff.config import access_token, parse_duration
-from shadowdiff.counts import summary_line
+from shadowdiff.counts import replaced, summary_line
 from shadowdiff.errors import ConfigError
 from shadowdiff.store import masked, open_store
 
@@ -87,13 +87,24 @@ def proxy(config_path: str | None, processes: int, **flags: Any) -> None:
     from shadowdiff.live import serve
 
     try:
-        asyncio.run(serve(cfg))
+        tap = asyncio.run(serve(cfg))
     except StartupError as e:
         click.echo(f"shadowdiff: error: {e}", err=True)
         sys.exit(1)
     with open_store(cfg.store, create=False) as store:
         counts = store.counts(cfg.run)
-    click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {masked(cfg.store)}")
+        stored = store.instance_counts(cfg.run).get(tap.instance, {})
+    note = ""
+    if tap.final is None:
+        missing = tap.counts["seen"] - stored.get("seen", 0)
+        note = f" (no worker at the end: {missing} requests since its last write are not in it)"
+    elif tap.final.stale:  # the store's are stale: the worker's numbers are the true ones
+        counts = replaced(counts, stored, tap.final.counts)
+        note = (
+            f" (it refused the last writes: these are the worker's numbers, "
+            f"{tap.final.unwritten} exchanges not written)"
+        )
+    click.echo(f"shadowdiff: {summary_line(cfg.run, counts)}; store {masked(cfg.store)}{note}")
 
 
 @cli.command()

@@ -22,7 +22,7 @@ import orjson
 
 from shadowdiff.jsonpath import MAX_DEPTH, Rules, State, automaton, format_path
 
-__all__ = ["MAX_DEPTH", "Difference", "diff"]
+__all__ = ["MAX_DEPTH", "Difference", "any_index", "diff"]
 
 _DIFFLIB_CELLS = 250_000
 """Largest len(a) * len(b) given to difflib, which is quadratic at worst, to align scalar lists."""
@@ -33,6 +33,9 @@ _CONTAINERS = frozenset({dict, list})
 _NUMBERS = frozenset({int, float})
 _MISSING: Any = object()
 _NO_RULES = Rules()
+
+_STEPS = re.compile(r"\['(?:[^'\\]|\\.)*'\]|\[(\d+)\]")
+"""A quoted key of `format_path` (left as it is) or a list index."""
 
 _Path: TypeAlias = "tuple[_Path, Any] | None"  # linked (parent, key or index): O(1) per step down
 _Task: TypeAlias = "tuple[Any, Any, _Path, State, int]"
@@ -521,3 +524,10 @@ def diff(a: Any, b: Any, rules: Rules = _NO_RULES) -> list[Difference]:
     if _same(a, b):
         return []
     return _Walker().run(a, b, automaton(rules).root)
+
+
+def any_index(path: str) -> str:
+    """`body:$.items[3].price` → `body:$.items[*].price`: the one name of a field of every item
+    of a list, for what is kept per field (examples), which a long list would otherwise
+    multiply. Quoted keys (`$['a[1]']`) stay as they are."""
+    return _STEPS.sub(lambda step: "[*]" if step[1] else step[0], path)

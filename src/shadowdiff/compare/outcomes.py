@@ -4,18 +4,19 @@ Pure functions over `Outcome`s, no I/O. Nothing here raises on strange bytes: bo
 not decode or parse are compared as what they are and the difference says so. Every
 difference a rule neutralises is still returned, marked with the rule, so an exchange is
 counted as matched, ignored or divergent and nothing is hidden by a rule (GitHub Scientist).
+The list stays short whatever the bodies: at most MAX_DIVERGENCES of the headers and of the
+body, and one `more` divergence for the rest.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -29,6 +30,13 @@ EXCERPT = 200
 """Characters of a value kept with a divergence; the stored exchange has the rest."""
 MAX_TEXT_DIFF = 256 * 1024
 """Longer texts are compared by hash only: a line diff of them would cost too much."""
+MAX_DIVERGENCES = 100
+"""Divergences kept of one exchange's headers, and of its body; the rest become one `more`
+divergence at `header:…` or `body:…` saying how many. One changed field in each of 20,000 list
+items is one regression, and stored one by one it would cost 20,000 rows per exchange to
+store, keep examples of and judge."""
+MORE = "more"
+"""The kind of the divergence that stands for those beyond MAX_DIVERGENCES."""
 
 
 def excerpt(value: Any) -> str:
@@ -110,7 +118,7 @@ class Comparer:
         a, b = self._header_values(left), self._header_values(right)
         if a == b:
             return []
-        out = []
+        out: list[Divergence] = []
         for name in sorted(a.keys() | b.keys()):
             va, vb = a.get(name), b.get(name)
             if va == vb:
@@ -126,7 +134,8 @@ class Comparer:
                     rule,
                 )
             )
-        return out
+        kept, more = _capped(out, "header")
+        return kept + more
 
     def _header_values(self, headers: Headers) -> dict[str, list[str]]:
         """Name → sorted values, as a multiset; Set-Cookie by cookie name only."""
@@ -157,9 +166,9 @@ class Comparer:
             return []
         a, b = bodies.read(left_headers, left), bodies.read(right_headers, right)
         flags = [
-            Divergence("body", "undecodable", side, "", None)
+            Divergence("body", parsed.failure, side, "", None)
             for side, parsed in (("primary", a), ("shadow", b))
-            if parsed.undecodable
+            if parsed.failure
         ]
         if a.data == b.data:
             return []  # the same content, encoded differently
@@ -169,9 +178,9 @@ class Comparer:
         kind = a.kind if a.kind == b.kind else a.kind if b.kind == bodies.BINARY else b.kind
         if kind in (bodies.JSON, bodies.FORM):
             return flags + self._structured(a, b, kind, rules)
-        if kind == bodies.TEXT and _looks_json(a.data) and _looks_json(b.data):
-            left, left_ok = _parse_json(a.data)
-            right, right_ok = _parse_json(b.data)
+        if kind == bodies.TEXT and bodies.looks_json(a.data) and bodies.looks_json(b.data):
+            left, left_ok = bodies.parse_json(a.data)
+            right, right_ok = bodies.parse_json(b.data)
             if left_ok and right_ok:  # JSON served as text: still compared structurally
                 return flags + self._json(left, right, rules)
         if kind in (bodies.HTML, bodies.XML, bodies.TEXT):
@@ -181,7 +190,7 @@ class Comparer:
     def _structured(
         self, a: bodies.Body, b: bodies.Body, kind: str, rules: _Compiled
     ) -> list[Divergence]:
-        parse = _parse_json if kind == bodies.JSON else _parse_form
+        parse = bodies.parse_json if kind == bodies.JSON else _parse_form
         left, left_ok = parse(a.data)
         right, right_ok = parse(b.data)
         if not (left_ok and right_ok):
@@ -191,6 +200,7 @@ class Comparer:
         return self._json(left, right, rules)
 
     def _json(self, left: Any, right: Any, rules: _Compiled) -> list[Divergence]:
+        kept, more = _capped(jsondiff.diff(left, right, rules.json), "body")
         return [
             Divergence(
                 f"body:{d.path}",
@@ -199,8 +209,50 @@ class Comparer:
                 excerpt(self.mask(d.right)),
                 d.rule,
             )
-            for d in jsondiff.diff(left, right, rules.json)
-        ]
+            for d in kept
+        ] + more
+
+
+class _Ruled(Protocol):
+    @property
+    def rule(self) -> str | None: ...
+
+
+_D = TypeVar("_D", bound=_Ruled)
+
+
+def _capped(found: list[_D], part: str) -> tuple[list[_D], list[Divergence]]:
+    """At most MAX_DIVERGENCES of `found`, in their order, real ones (no rule) first; and the
+    `more` divergence standing for the rest, real if any of them is (so the exchange is
+    matched, ignored or divergent as it would be uncapped), else under their rules."""
+    if len(found) <= MAX_DIVERGENCES:
+        return found, []
+    real_room = min(MAX_DIVERGENCES, sum(d.rule is None for d in found))
+    ruled_room = MAX_DIVERGENCES - real_room
+    kept: list[_D] = []
+    rules: set[str] = set()
+    real = 0
+    for d in found:
+        if d.rule is None and real_room:
+            real_room -= 1
+        elif d.rule is not None and ruled_room:
+            ruled_room -= 1
+        elif d.rule is None:
+            real += 1
+            continue
+        else:
+            rules.add(d.rule)
+            continue
+        kept.append(d)
+    omitted = len(found) - len(kept)
+    more = Divergence(
+        f"{part}:…",
+        MORE,
+        f"{omitted} more divergences",
+        f"{real} of them real",
+        None if real else ",".join(sorted(rules)),
+    )
+    return kept, [more]
 
 
 def _json_path(path: str) -> str | None:
@@ -238,21 +290,6 @@ def _cookie_name(value: str) -> str:
     except CookieError:
         return value.split("=", 1)[0].strip()
     return ",".join(sorted(cookie.keys())) or value.split("=", 1)[0].strip()
-
-
-def _looks_json(data: bytes) -> bool:
-    return data.lstrip()[:1] in (b"{", b"[")
-
-
-def _parse_json(data: bytes) -> tuple[Any, bool]:
-    try:
-        return orjson.loads(data), True
-    except orjson.JSONDecodeError:
-        pass
-    try:  # big integers and other things orjson refuses, within Python's own limits
-        return json.loads(data), True
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        return None, False
 
 
 def _parse_form(data: bytes) -> tuple[Any, bool]:

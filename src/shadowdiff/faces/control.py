@@ -1,15 +1,19 @@
 """The control server: metrics, the live verdict, health, the kill switch and the dashboard.
 
 It runs in the worker process, on the worker's loop, never on the proxy's: a scrape, a verdict
-or a dashboard left open cannot take a cycle from live traffic. The switch reaches the tap over
-the worker's channel within milliseconds. Mutating endpoints refuse cross-origin browser
-requests, and need the bearer token when one is set (mandatory beyond loopback).
+or a dashboard left open cannot take a cycle from live traffic; what is slow (rendering the
+metrics, judging) runs in threads, so it cannot hold up the copies timed on that loop either.
+The switch reaches the tap over the worker's channel within milliseconds. A loopback server
+answers only to loopback names; mutating endpoints refuse cross-origin browser requests, and
+need the bearer token when one is set (mandatory beyond loopback).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +23,8 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from shadowdiff.faces.verdict import RETRY_AFTER, Busy, UnknownRoute
 
 if TYPE_CHECKING:
     from shadowdiff.faces.metrics import Metrics
@@ -37,6 +43,10 @@ _ASSETS = {
     "/dashboard.js": ("dashboard.js", "text/javascript"),
     "/dashboard.css": ("dashboard.css", "text/css"),
 }
+
+_LOOPBACK_V4 = ipaddress.IPv4Network("127.0.0.0/8")
+_HOST = re.compile(r"(?:\[([^\]]*)\]|([^:\[\]]*))(?::[0-9]*)?")
+"""A Host header: a bracketed IPv6 literal or a name, and a port."""
 
 _READ_ONLY = {"/gate"}
 """Paths a rollout controller may POST to without the token: they only read (Flagger's
@@ -69,11 +79,12 @@ _TOKEN: web.AppKey[str | None] = web.AppKey("token")
 _LOOPBACK: web.AppKey[bool] = web.AppKey("loopback")
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
         status=status,
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -85,8 +96,11 @@ def _refusal(request: web.Request) -> web.Response | None:
     token = request.app[_TOKEN]
     if token is None:
         return None
-    given = request.headers.get("Authorization", "")
-    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # the scheme is case-insensitive (RFC 7235); the token is compared in constant time
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip(" ").encode(errors="backslashreplace"), token.encode()
+    ):
         return None
     return web.Response(
         status=401,
@@ -98,11 +112,19 @@ def _refusal(request: web.Request) -> web.Response | None:
 
 def _rebound(request: web.Request) -> bool:
     """A request to a loopback-only server under another host name: a web page that had its
-    own name resolved to 127.0.0.1 (DNS rebinding) to reach the switch and the examples."""
+    own name resolved to 127.0.0.1 (DNS rebinding) to reach the switch and the examples.
+    Only `localhost` and loopback IP literals (127.0.0.0/8, `[::1]`) are names of ours."""
     if not request.app[_LOOPBACK]:
         return False
-    host = (urlsplit("//" + request.host).hostname or "").lower()
-    return host not in ("localhost", "127.0.0.1", "::1") and not host.startswith("127.")
+    host = _HOST.fullmatch(request.host)
+    name = (host[1] or host[2] or "").lower() if host else ""
+    if name == "localhost":
+        return False
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:  # a name (`127.0.0.1.evil.example`), or no host at all
+        return True
+    return not (address == ipaddress.IPv6Address("::1") or address in _LOOPBACK_V4)
 
 
 @web.middleware
@@ -147,29 +169,41 @@ async def _sample_rate(request: web.Request) -> web.Response:
         f"got {text[:40]!r}"
     )
     try:
-        value = orjson.loads(text) if text else ""
-        if isinstance(value, dict):
-            value = value.get("rate", "")
-        rate = None if value is None else float(value)
-    except (orjson.JSONDecodeError, TypeError, ValueError):
+        value: Any = orjson.loads(text) if text else ""
+    except orjson.JSONDecodeError:
         return _json({"error": wrong}, 400)
-    if rate is not None and not 0.0 <= rate <= 1.0:
+    if isinstance(value, dict):
+        value = value.get("rate", "")
+    number = isinstance(value, int | float) and not isinstance(value, bool)  # `true` is no 1.0
+    if value is not None and not (number and 0.0 <= value <= 1.0):
         return _json({"error": wrong}, 400)
+    rate = None if value is None else float(value)
     switch.dial(rate, _actor(request))
     return _json(switch.state())
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[_SOURCES].metrics.render()
+    body = await request.app[_SOURCES].metrics.scrape()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _judged(request: web.Request) -> tuple[Mapping[str, object], int]:
-    """The live verdict document (of `?route=`), or why there is none (503)."""
+_Judged = tuple[Mapping[str, object], int, Mapping[str, str] | None]
+
+
+async def _judged(request: web.Request) -> _Judged:
+    """The live verdict document (of `?route=`), or why there is none: no such route (404),
+    too many judgements pending (503, Retry-After), an unreadable store (503)."""
+    route = request.query.get("route") or None
     try:
-        return await request.app[_SOURCES].verdicts.verdict(request.query.get("route")), 200
+        return await request.app[_SOURCES].verdicts.verdict(route), 200, None
+    except UnknownRoute:
+        error = f"the run has no route {(route or '')[:200]!r}"
+        return {"verdict": "INCONCLUSIVE", "error": error}, 404, None
+    except Busy:
+        error = "too many routes being judged at once; retry shortly"
+        return {"verdict": "INCONCLUSIVE", "error": error}, 503, {"Retry-After": RETRY_AFTER}
     except Exception as e:  # an unreadable store: say so, the worker goes on
-        return {"verdict": "INCONCLUSIVE", "error": f"cannot judge the run: {e}"}, 503
+        return {"verdict": "INCONCLUSIVE", "error": f"cannot judge the run: {e}"}, 503, None
 
 
 async def _verdict(request: web.Request) -> web.Response:
@@ -178,9 +212,10 @@ async def _verdict(request: web.Request) -> web.Response:
 
 async def _gate(request: web.Request) -> web.Response:
     """For Flagger's webhooks (and anyone who gates on a status code): 200 when the live
-    verdict is PASS, 412 when FAIL or INCONCLUSIVE, with the verdict document either way."""
-    doc, status = await _judged(request)
-    return _json(doc, 200 if doc["verdict"] == "PASS" else max(status, 412))
+    verdict is PASS, 412 when FAIL or INCONCLUSIVE (503 when busy or unreadable), with the
+    verdict document either way."""
+    doc, status, headers = await _judged(request)
+    return _json(doc, 200 if doc["verdict"] == "PASS" else max(status, 412), headers)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -3,13 +3,18 @@
 The counters are read at scrape time from the very numbers the worker writes to the store
 (the tap's, the worker's and the recorder's), so a scrape and `shadowdiff summary` agree.
 Per-route results and latency histograms are observed from each committed batch. Route labels
-are the recorder's routes, already capped (`routes.max`, then `other`); a route regrouped
-later by a collapse keeps its old series, so sum over routes when one moves.
+are the recorder's routes, escaped as the store escapes them, and at most
+`LABELS_PER_ROUTE` × `routes.max` of them over the worker's lifetime (the rest under `other`):
+traffic cannot grow the exposition, nor Prometheus's series. A collapse drops the series of
+the routes it merges; their exchanges are counted under the merged route from then on.
+The exposition is rendered in a thread, never on the loop that times the copies.
 Metrics are per process: Prometheus aggregates a fleet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,13 +26,20 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from shadowdiff.compare import OTHER
 from shadowdiff.counts import by_reason
-from shadowdiff.model import Exchange, result_of
+from shadowdiff.model import DIVERGENT, IGNORED, MATCHED, Exchange, apply_merge, result_of
+from shadowdiff.store import clean
 
 PREFIX = "shadowdiff"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LABELS_PER_ROUTE = 2
+"""Route labels a worker gives over its lifetime, per route of `routes.max`: room for the
+routes that collapses merge away, whose labels stay spent."""
+_SIDES = ("primary", "shadow", "secondary")
 
 _TOTALS = {
     "seen": "Requests the tap saw.",
@@ -45,6 +57,7 @@ _BY = {
     "shadow_error": ("kind", "Shadow copies that failed, by error kind."),
     "secondary_error": ("kind", "Secondary copies that failed, by error kind."),
     "alerts": ("outcome", "Alerts sent, failed, debounced or dropped."),
+    "worker": ("event", "Worker processes started again by the proxy after one died."),
 }
 
 
@@ -59,15 +72,16 @@ class Gauges:
 
 
 class _Books(Collector):
-    def __init__(
-        self, counts: Callable[[], dict[str, int]], gauges: Callable[[], Gauges], run: str
-    ) -> None:
+    """The books and gauges of one scrape, as read on the loop that writes them: the render
+    in its thread then sees numbers that no longer move."""
+
+    def __init__(self, counts: dict[str, int], gauges: Gauges, run: str) -> None:
         self.counts = counts
         self.gauges = gauges
         self.run = run
 
     def collect(self) -> Iterator[Metric]:
-        counts = self.counts()
+        counts = self.counts
         info = GaugeMetricFamily(f"{PREFIX}_run", "The run this proxy records.", labels=["run"])
         info.add_metric([self.run], 1)
         yield info
@@ -78,7 +92,7 @@ class _Books(Collector):
             for reason, value in sorted(by_reason(counts, prefix).items()):
                 family.add_metric([reason], value)
             yield family
-        g = self.gauges()
+        g = self.gauges
         yield GaugeMetricFamily(
             f"{PREFIX}_sample_rate",
             "The share being mirrored now (0 when paused).",
@@ -101,37 +115,83 @@ class _Books(Collector):
 
 
 class Metrics:
-    """One worker's registry: books read at scrape time, routes observed per batch."""
+    """One worker's registry: books read at scrape time, routes observed per batch (in the
+    store thread), the exposition rendered in a thread of its own."""
 
     def __init__(
-        self, run: str, counts: Callable[[], dict[str, int]], gauges: Callable[[], Gauges]
+        self,
+        run: str,
+        counts: Callable[[], dict[str, int]],
+        gauges: Callable[[], Gauges],
+        max_routes: int,
     ) -> None:
         # `_created` series double the output and help no one here (untyped upstream)
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Books(counts, gauges, run))
+        self.run = run
+        self.counts = counts
+        self.gauges = gauges
+        self.max_labels = max_routes * LABELS_PER_ROUTE
+        self.labels: set[str] = set()  # every route label ever given, merged ones included
+        self.rendering: asyncio.Future[bytes] | None = None
         self.results = Counter(
             f"{PREFIX}_route_exchanges",
             "Compared exchanges per route and result (matched, ignored, divergent).",
             ["route", "result"],
-            registry=self.registry,
+            registry=None,
         )
         self.latency = Histogram(
             f"{PREFIX}_latency_seconds",
             "Response time per route and side (primary, shadow, secondary); failures excluded.",
             ["route", "side"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=None,
         )
 
     def observe(self, batch: list[Exchange]) -> None:
         """Called from the store thread with each committed batch."""
         for x in batch:
-            self.results.labels(x.route, result_of(x.shadow_diffs)).inc()
-            sides = (("primary", x.primary), ("shadow", x.shadow), ("secondary", x.secondary))
-            for side, outcome in sides:
+            route = self._label(x.route)
+            self.results.labels(route, result_of(x.shadow_diffs)).inc()
+            for side in _SIDES:
+                outcome = getattr(x, side)
                 if outcome and outcome.error is None and outcome.latency is not None:
-                    self.latency.labels(x.route, side).observe(outcome.latency)
+                    self.latency.labels(route, side).observe(outcome.latency)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def _label(self, route: str) -> str:
+        """The route's label while labels remain, else `other`."""
+        label = clean(route)  # mitmproxy leaves undecodable path bytes as lone surrogates
+        if label in self.labels or label == OTHER:
+            return label
+        if len(self.labels) >= self.max_labels:
+            return OTHER
+        self.labels.add(label)
+        return label
+
+    def forget(self, old: str, new: str) -> None:
+        """Drops the series of route `old` and those under it, which a collapse merged into
+        `new` (called from the store thread, as the route table merges)."""
+        old, new = clean(old), clean(new)
+        series: tuple[tuple[MetricWrapperBase, tuple[str, ...]], ...] = (
+            (self.results, (MATCHED, IGNORED, DIVERGENT)),
+            (self.latency, _SIDES),
+        )
+        for label in [label for label in self.labels if apply_merge(label, old, new) != label]:
+            for metric, values in series:
+                for value in values:
+                    with contextlib.suppress(KeyError):  # raised before prometheus_client 0.22
+                        metric.remove(label, value)
+
+    async def scrape(self) -> bytes:
+        """The exposition; scrapes that come together share one rendering."""
+        if self.rendering is None:
+            registry = CollectorRegistry(auto_describe=False)
+            # read here, on the loop where the worker writes them
+            registry.register(_Books(self.counts(), self.gauges(), self.run))
+            registry.register(self.results)  # prometheus_client locks its own series
+            registry.register(self.latency)
+            self.rendering = asyncio.ensure_future(asyncio.to_thread(generate_latest, registry))
+            self.rendering.add_done_callback(self._rendered)
+        return await asyncio.shield(self.rendering)
+
+    def _rendered(self, _: asyncio.Future[bytes]) -> None:
+        self.rendering = None

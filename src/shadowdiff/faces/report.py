@@ -307,7 +307,6 @@ def _route_view(
     shadows = sorted({str(c["shadow"]) for c in matrix})
     cells = {(str(c["primary"]), str(c["shadow"])): c["count"] for c in matrix}
     latency = route.get("latency")
-    order = [f["path"] for f in fields] + sorted(set(examples) - {f["path"] for f in fields})
     return {
         "id": f"route-{index}",
         "route": route,
@@ -322,10 +321,10 @@ def _route_view(
         "ratio": latency.get("ratio") if latency else None,
         "ci": latency.get("ci") if latency else None,
         "plot": plot,
-        "examples": [
-            (path, [_example_view(e) for e in examples[path][:EXAMPLES_PER_FIELD]])
-            for path in order
-            if examples.get(path)
+        "examples": [  # in the order they come: the evidence gives its fields' order
+            (path, [_example_view(e) for e in shown[:EXAMPLES_PER_FIELD]])
+            for path, shown in examples.items()
+            if shown
         ],
     }
 
@@ -371,8 +370,9 @@ def _body(body: str | None) -> tuple[str, str]:
     """The body pretty-printed when it is JSON, cut at BODY_LIMIT; the note says what was cut."""
     text = body or ""
     if text.lstrip()[:1] in ("{", "[") and len(text) <= PRETTY_LIMIT:
-        # Not JSON after all (or numbers orjson refuses): shown as it came.
-        with contextlib.suppress(orjson.JSONDecodeError):
+        # Not JSON after all, numbers orjson refuses, or deeper than the 254 levels orjson
+        # writes (it reads 1,024): shown as it came.
+        with contextlib.suppress(orjson.JSONDecodeError, orjson.JSONEncodeError):
             text = orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
     if len(text) > BODY_LIMIT:
         return text[:BODY_LIMIT], f"truncated: first {BODY_LIMIT:,} of {len(text):,} characters"

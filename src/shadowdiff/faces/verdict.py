@@ -1,7 +1,9 @@
 """The live verdict of a running worker, and the alerts for routes that turn FAIL.
 
 Reading the store and judging run in a thread of their own, so copies never wait for a
-verdict; concurrent callers share one judgement, kept FRESH seconds.
+verdict; concurrent callers share one judgement, kept FRESH seconds. The route of a query
+string is judged only if the store knows it, and only MAX_PENDING routes wait for the verdict
+thread at once: a scraper of made-up or many routes cannot queue judgements without end.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,19 @@ FRESH = 1.0
 """Seconds a computed verdict is served before it is judged again."""
 MAX_CACHED = 100
 """Verdicts of single routes kept; the cache starts afresh beyond."""
+MAX_PENDING = 4
+"""Distinct routes judged or waiting for the verdict thread at once (the whole run's verdict
+always gets its turn); beyond, callers are told to come back (`Busy`)."""
+RETRY_AFTER = str(math.ceil(FRESH))
+"""What a busy server tells a caller to wait, in seconds (a Retry-After header)."""
+
+
+class UnknownRoute(LookupError):
+    """The store holds no exchange of the route asked for."""
+
+
+class Busy(RuntimeError):
+    """MAX_PENDING routes are being judged already."""
 
 
 class LiveVerdict:
@@ -38,24 +55,55 @@ class LiveVerdict:
         self.alerter = alerter
         self.failing: set[str] = set()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict")
-        self.reader: Store | None = None  # opened and used in the verdict thread only
+        # the route list is read beside the judgements, so an unknown route needs no wait
+        self.lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict-routes")
+        self.reader: Store | None = None  # shared by both threads: opened under `opening`
+        self.opening = threading.Lock()
         self.latest: dict[str | None, tuple[float, VerdictDocument]] = {}
         self.judging: dict[str | None, asyncio.Future[VerdictDocument]] = {}
+        self.known: tuple[float, frozenset[str]] = (-math.inf, frozenset())
+        self.listing: asyncio.Future[frozenset[str]] | None = None
 
     async def verdict(self, route: str | None = None) -> VerdictDocument:
         """The verdict document of the run (or of one route); at most FRESH seconds old.
 
         Callers asking at once share one judgement; the store is read in the verdict thread.
+        Raises `UnknownRoute` for a route the store does not hold, `Busy` when MAX_PENDING
+        other routes are being judged.
         """
         cached = self.latest.get(route)
         if cached and time.monotonic() - cached[0] < FRESH:
             return cached[1]
+        if route is not None and route not in await self._routes(route):
+            raise UnknownRoute(route)
         judging = self.judging.get(route)
         if judging is None:
+            if route is not None and sum(r is not None for r in self.judging) >= MAX_PENDING:
+                raise Busy(route)
             judging = asyncio.ensure_future(self._in_thread(self._document, route))
             self.judging[route] = judging
             judging.add_done_callback(lambda done: self._judged(route, done))
         return await asyncio.shield(judging)
+
+    async def _routes(self, wanted: str) -> frozenset[str]:
+        """The routes of the run, read again (once for all who ask) when `wanted` is not
+        among them and the list is older than FRESH."""
+        at, known = self.known
+        if wanted in known or time.monotonic() - at < FRESH:
+            return known
+        if self.listing is None:
+            loop = asyncio.get_running_loop()
+            self.listing = asyncio.ensure_future(loop.run_in_executor(self.lister, self._list))
+            self.listing.add_done_callback(self._listed)
+        return await asyncio.shield(self.listing)
+
+    def _listed(self, future: asyncio.Future[frozenset[str]]) -> None:
+        self.listing = None
+        if not future.cancelled() and future.exception() is None:
+            self.known = (time.monotonic(), future.result())
+
+    def _list(self) -> frozenset[str]:
+        return frozenset(self._store().routes(self.cfg.run))
 
     def _judged(self, route: str | None, future: asyncio.Future[VerdictDocument]) -> None:
         del self.judging[route]
@@ -106,9 +154,10 @@ class LiveVerdict:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _store(self) -> Store:
-        if self.reader is None:
-            self.reader = open_store(self.cfg.store, create=False)
-        return self.reader
+        with self.opening:
+            if self.reader is None:
+                self.reader = open_store(self.cfg.store, create=False)
+            return self.reader
 
     def _document(self, route: str | None) -> VerdictDocument:
         from shadowdiff.judge import document  # scipy: a second of import, not at start
@@ -122,6 +171,7 @@ class LiveVerdict:
         return shown_examples(self._store(), self.cfg.run, route, path, Redactor(self.cfg.redact))
 
     async def close(self) -> None:
+        self.lister.shutdown()
         if self.reader is not None:
             await self._in_thread(self.reader.close)
         self.executor.shutdown()

@@ -12,13 +12,14 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import orjson
 
 from shadowdiff import __version__, jsonpath
-from shadowdiff.compare import Redactor, bodies
-from shadowdiff.config import Config
+from shadowdiff.compare import MASK, Redactor, bodies, jsondiff
+from shadowdiff.config import Config, Redact
 from shadowdiff.counts import RECORDED_PRIMARY, by_reason, imbalance
 from shadowdiff.judge.checks import Check, JudgeConfig, RouteData, Verdict, judge
 from shadowdiff.judge.noise import RouteFindings, findings
@@ -41,9 +42,34 @@ BODY_SHOWN = 10_000
 
 
 def config_sha256(cfg: Config) -> str:
-    return hashlib.sha256(
-        json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
-    ).hexdigest()
+    """The config's fingerprint, printed in every report, taken without its secrets: values
+    under the default secret names (`control.token`) and the passwords and secret query values
+    of URLs (`primary`, `shadow`, `secondary`, `store`, webhooks) are masked first, so a
+    report gives nothing to test guesses against offline."""
+    redactor = Redactor(Redact())
+    doc = _without_url_secrets(redactor.json(cfg.model_dump(mode="json")), redactor)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _without_url_secrets(value: Any, redactor: Redactor) -> Any:
+    """Every URL in a config document without its userinfo password and secret query values;
+    a string that looks like a URL but does not parse is masked whole."""
+    if isinstance(value, dict):
+        return {k: _without_url_secrets(v, redactor) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_url_secrets(v, redactor) for v in value]
+    if not (isinstance(value, str) and "://" in value):
+        return value
+    try:
+        url = urlsplit(value)
+        password = url.password
+    except ValueError:
+        return MASK
+    netloc = url.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:{MASK}@{host}"
+    return urlunsplit(url._replace(netloc=netloc, query=redactor.query(url.query)))
 
 
 def _accepted(cfg: Config) -> Any:
@@ -84,12 +110,12 @@ def gather(
     store: Store, run: str, cfg: Config, only: str | None = None
 ) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]]]:
     """Findings per route, the judge's inputs, and latency samples per route and side
-    (of route `only`, if given)."""
-    found = findings(store.routes(run), store.divergence_rows(run), cfg.noise, _accepted(cfg))
-    if only is not None:
-        found = [f for f in found if f.route == only]
+    (of route `only`, if given: only its rows are read)."""
+    found = findings(
+        store.routes(run, only), store.divergence_rows(run, only), cfg.noise, _accepted(cfg)
+    )
     rows: dict[str, list[tuple[Any, ...]]] = {}
-    for row in store.outcome_rows(run):
+    for row in store.outcome_rows(run, only):
         rows.setdefault(row[0], []).append(row[1:])
     data, latencies = [], {}
     for route in found:
@@ -142,13 +168,20 @@ def judge_config(cfg: Config) -> JudgeConfig:
 
 
 def document(
-    store: Store, run: str, cfg: Config, only: str | None = None, live: bool = False
+    store: Store,
+    run: str,
+    cfg: Config,
+    only: str | None = None,
+    live: bool = False,
+    extras: bool = True,
 ) -> tuple[VerdictDocument, Extras, Verdict]:
     """The verdict document, the report extras, and the verdict itself (of route `only`,
     if given: the judge then sees that route alone).
 
-    `live`: for a run still going (/verdict): no extras (examples, plots), which a verdict
-    does not need, and no accounting, whose books only balance once every proxy has stopped.
+    `extras`: the examples and latency samples only the HTML report shows (the gate and the
+    other reports go without: examples cost a read of their exchanges). `live`: for a run
+    still going (/verdict): no extras, and no accounting, whose books only balance once every
+    proxy has stopped.
     """
     found, data, latencies = gather(store, run, cfg, only)
     counts = store.counts(run)
@@ -217,9 +250,9 @@ def document(
         "tool_version": __version__,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    if live:
+    if live or not extras:
         return doc, {}, verdict
-    extras: Extras = {
+    shown: Extras = {
         "latencies": {
             route: {
                 side: [float(v) for v in values[np.isfinite(values)]]
@@ -229,7 +262,7 @@ def document(
         },
         "examples": examples(store, run, found, Redactor(cfg.redact)),
     }
-    return doc, extras, verdict
+    return doc, shown, verdict
 
 
 def _check_row(c: Check) -> CheckRow:
@@ -253,23 +286,25 @@ def _event_row(e: Event) -> EventRow:
 def examples(
     store: Store, run: str, found: list[RouteFindings], redactor: Redactor
 ) -> dict[str, dict[str, list[Example]]]:
-    """Up to EXAMPLES_SHOWN example exchanges per divergent (route, path), redacted again."""
+    """Up to EXAMPLES_SHOWN example exchanges per divergent (route, path), redacted again;
+    paths as the examples are kept (list indexes as `[*]`), in the order of the fields."""
     out: dict[str, dict[str, list[Example]]] = {}
     for route in found:
-        for field in route.fields:
-            if field.noise:
-                continue
-            shown = shown_examples(store, run, route.route, field.path, redactor)
+        paths = dict.fromkeys(jsondiff.any_index(f.path) for f in route.fields if not f.noise)
+        for path in paths:
+            shown = shown_examples(store, run, route.route, path, redactor)
             if shown:
-                out.setdefault(route.route, {})[field.path] = shown
+                out.setdefault(route.route, {})[path] = shown
     return out
 
 
 def shown_examples(
     store: Store, run: str, route: str, path: str, redactor: Redactor
 ) -> list[Example]:
-    """Up to EXAMPLES_SHOWN example exchanges of one (route, path), redacted again."""
-    return [_example(x, redactor) for x in store.examples(run, route, path)[:EXAMPLES_SHOWN]]
+    """Up to EXAMPLES_SHOWN example exchanges of one (route, path), redacted again: those kept
+    for the path with its list indexes as `[*]`, which every index shares."""
+    kept = store.examples(run, route, jsondiff.any_index(path))
+    return [_example(x, redactor) for x in kept[:EXAMPLES_SHOWN]]
 
 
 def _text(data: bytes) -> str:
@@ -287,8 +322,8 @@ def _pretty(headers: list[tuple[bytes, bytes]], data: bytes, redactor: Redactor)
     if parsed.kind == bodies.JSON:
         try:
             return _text(orjson.dumps(orjson.loads(parsed.data), option=orjson.OPT_INDENT_2))
-        except orjson.JSONDecodeError:
-            pass
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            pass  # big ints, or deeper than the 254 levels orjson writes (it reads 1,024)
     return _text(parsed.data)
 
 

@@ -74,12 +74,13 @@ def findings(
         target.setdefault((route, path), set()).add(key)
         if side == "shadow":
             kinds.setdefault((route, path), Counter())[kind] += 1
+    paths: dict[str, list[tuple[str, set[str]]]] = {}  # by route: one pass, however many
+    for (route, path), keys in sorted(shadow.items()):
+        paths.setdefault(route, []).append((path, keys))
     out = []
     for route, totals in routes.items():
         fields, divergent = [], set()
-        for (where, path), keys in sorted(shadow.items()):
-            if where != route:
-                continue
+        for path, keys in paths.get(route, []):
             n = len(secondary.get((route, path), ()))
             noise = is_noise(len(keys), n, totals["exchanges"], cfg, totals["with_secondary"] > 0)
             kind = kinds[(route, path)].most_common(1)[0][0]

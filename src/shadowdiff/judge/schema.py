@@ -45,7 +45,9 @@ class Latency(TypedDict):
 
 
 class FieldRow(TypedDict):
-    """One divergence path of a route (a `noise.Field`), with its rate over the route's pairs."""
+    """One divergence path of a route (a `noise.Field`), with its rate over the route's pairs.
+    `body:…` and `header:…` (kind `more`) count the exchanges with more divergences there than
+    are kept one by one."""
 
     path: str
     kind: str
@@ -154,4 +156,4 @@ class Extras(TypedDict):
     """What the HTML report needs besides the document; empty for a live document."""
 
     latencies: NotRequired[dict[str, dict[str, list[float]]]]  # route → side → seconds
-    examples: NotRequired[dict[str, dict[str, list[Example]]]]  # route → path → examples
+    examples: NotRequired[dict[str, dict[str, list[Example]]]]  # route → path ([*]) → examples

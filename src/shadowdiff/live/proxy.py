@@ -1,7 +1,8 @@
 """Running mitmproxy in-process (DumpMaster, reverse mode to the primary) with the tap.
 
 Shutdown on Ctrl-C or SIGTERM goes through mitmproxy's own `shutdown()`, so the tap's `done`
-hook hands the worker its last records and waits for it to flush.
+hook hands the worker its last records and waits for it to flush; the tap then holds the
+worker's final books for the last line.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from shadowdiff.live.tap import ShadowDiff
 WORKER_START = 30.0
 
 
-async def serve(cfg: Config) -> None:
-    """Serves until a signal arrives; returns after the worker has flushed."""
+async def serve(cfg: Config) -> ShadowDiff:
+    """Serves until a signal arrives; returns the tap after its worker has flushed."""
     assert cfg.primary is not None
     host, _, port = cfg.listen.rpartition(":")
     opts = options.Options(
@@ -44,7 +45,7 @@ async def serve(cfg: Config) -> None:
         if tap.worker is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):  # it said goodbye: reap it
                 status = tap.worker.wait(timeout=5.0)
-        tap.done()
+        tap.stop(wait=True)
         if status is not None:
             raise StartupError(f"the worker process stopped at start (status {status}); see above")
         raise StartupError(f"the worker process did not start within {WORKER_START:.0f}s")
@@ -62,3 +63,4 @@ async def serve(cfg: Config) -> None:
     # asyncio.run now cancels the connections still open; mitmproxy's stream callbacks log
     # each cancelled one as an error. The proxy is stopped: that noise is not a problem.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    return tap

@@ -2,25 +2,33 @@
 
 Every hook is synchronous and cheap: a sampling decision, a snapshot of bytes mitmproxy already
 holds, and a non-blocking write to the worker's channel. The live flow is never modified,
-delayed or killed. Knows mitmproxy; knows nothing of diffing.
+delayed or killed. The tap also supervises its worker: one that dies is noticed within a
+second and started again, and stopping one never waits on the live loop. Knows mitmproxy;
+knows nothing of diffing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from shadowdiff.channel import Control, PrimaryResult, Setup, TapCounts, Writer
+from shadowdiff.channel import Control, Final, PrimaryResult, Setup, TapCounts, Writer
 from shadowdiff.config import SHADOW_MARKER, Config, access_token, load_config
+from shadowdiff.counts import WORKER_RESTARTS
 from shadowdiff.errors import ConfigError
 from shadowdiff.live.sampling import Sampler
 from shadowdiff.model import Outcome, RequestSnapshot
@@ -28,11 +36,49 @@ from shadowdiff.model import Outcome, RequestSnapshot
 logger = logging.getLogger("shadowdiff.tap")
 
 COUNTS_EVERY = 1.0
-"""Seconds between the tap's counter updates to the worker."""
+"""Seconds between the tap's counter updates to the worker, and its checks that it lives."""
+RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Seconds before each start of a worker after one died, deaths in a row; after the last
+one, mirroring stays off (samples counted as `dropped.worker_down`) until the proxy restarts."""
+STABLE = 60.0
+"""Seconds a worker must live for its death to count as the first in a row again."""
+STOP_MARGIN = 20.0
+"""Seconds beyond `mirror.grace` that the end of the process gives a stopping worker: its
+final write retries for 5 s, and one SQLite attempt can wait 10 s on a lock. Beyond, it is
+killed, and said so."""
+
+_UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""Bytes no HTTP client puts in a header (of the controls, RFC 9110 allows only HTAB)."""
 
 _last_control = Control(paused=False, rate=None)
 """The switch and the dial as last set: mitmproxy re-creates the addon on a script reload,
 but this module stays loaded, so a paused proxy stays paused."""
+
+
+@dataclass
+class _Stopping:
+    """A worker handed its last records, finishing on its own."""
+
+    process: subprocess.Popen[bytes]
+    writer: Writer
+    grace: float
+
+    def reap(self) -> None:
+        """Once the channel is over: collects the exit status, and says if it failed."""
+        if self not in _stopping:
+            return
+        status = self.process.poll()
+        if status is None:
+            asyncio.get_running_loop().call_later(0.2, self.reap)
+            return
+        _stopping.remove(self)
+        if status:
+            logger.error("shadowdiff: the stopped worker process %s", _exit_status(status))
+
+
+_stopping: list[_Stopping] = []
+"""Workers stopped by a script reload that are still finishing (this module outlives the
+reloaded addon); the end of the process waits for them."""
 
 _OPTIONS = {
     "shadowdiff_shadow": "shadow",
@@ -72,6 +118,11 @@ class ShadowDiff:
         self.writer: Writer | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.ticker: asyncio.TimerHandle | None = None
+        self.restart: asyncio.TimerHandle | None = None
+        self.deaths = 0  # in a row: since a worker last lived STABLE seconds
+        self.started_at = 0.0
+        self.stopping = False
+        self.final: Final | None = None  # the last worker's final books, once it answered
         self.control = _last_control  # a reloaded script keeps the switch and the dial
 
     # -- options ---------------------------------------------------------------------------
@@ -144,43 +195,99 @@ class ShadowDiff:
                 pass_fds=(theirs.fileno(),),
             )
             theirs.close()
+            loop = asyncio.get_running_loop()
             self.writer = Writer(ours, cfg.mirror.max_backlog, self._apply)
-            self.writer.send(Setup(config=cfg, instance=self.instance, control=self.control))
-            self.ticker = asyncio.get_running_loop().call_later(COUNTS_EVERY, self._tick)
+            # its end of the channel closing is the first sign of a death
+            self.writer.ended.add_done_callback(lambda _: loop.call_later(0.1, self._check))
+            self.writer.send(
+                Setup(
+                    config=cfg,
+                    instance=self.instance,
+                    control=self.control,
+                    generation=self.counts[WORKER_RESTARTS],
+                    counts=dict(self.counts),
+                    handover=any(s.process.poll() is None for s in _stopping),
+                )
+            )
+            self.started_at = loop.time()
+            if self.ticker is None:
+                self.ticker = loop.call_later(COUNTS_EVERY, self._tick)
         return self.writer.ready
 
     def done(self) -> None:
-        if self.ticker:
-            self.ticker.cancel()
-            self.ticker = None
-        if self.writer is None or self.worker is None or self.cfg is None:
-            return
-        self.pending.clear()  # the worker counts what it holds without a primary result
-        # Generous: a worker still starting up reads nothing yet; what it holds is lost if not sent.
-        self.writer.close(
-            timeout=self.cfg.mirror.grace + 5.0,
-            last=TapCounts(self.instance, dict(self.counts)),
-        )
-        try:
-            self.worker.wait(timeout=self.cfg.mirror.grace + 10.0)
-        except subprocess.TimeoutExpired:
-            logger.error("shadowdiff: worker did not stop in time; terminating it")
-            self.worker.kill()
-            self.worker.wait(timeout=5.0)
-        self.writer = None
-        self.worker = None
+        # The end of the process waits for its workers; a script reload never does.
+        self.stop(wait=ctx.master.should_exit.is_set())
+
+    def stop(self, wait: bool) -> None:
+        """Hands the worker its last records and lets it finish on its own. `wait`: at the
+        end of the process, every stopping worker is waited for (within its bound) first."""
+        self.stopping = True
+        for timer in (self.ticker, self.restart):
+            if timer:
+                timer.cancel()
+        self.ticker = self.restart = None
+        if self.writer is not None and self.worker is not None and self.cfg is not None:
+            self.pending.clear()  # the worker counts what it holds without a primary result
+            self.writer.close(last=TapCounts(self.instance, dict(self.counts)))
+            stopping = _Stopping(self.worker, self.writer, self.cfg.mirror.grace)
+            _stopping.append(stopping)
+            self.writer.ended.add_done_callback(lambda _: stopping.reap())
+            self.writer = self.worker = None
+        if wait:
+            _wait_for_stopping()
 
     def _tick(self) -> None:
+        self._check()
         self._send_counts()
-        status = self.worker.poll() if self.worker is not None else None
-        if status is not None and self.writer and not self.writer.broken:
-            logger.error("shadowdiff: worker exited with status %s", status)
-            self.writer.abandon()
         self.ticker = asyncio.get_running_loop().call_later(COUNTS_EVERY, self._tick)
 
+    def _check(self) -> None:
+        """Notices a worker that died: says so, counts the samples from then on as
+        `worker_down`, and starts another after a delay; after RESTART_DELAYS deaths in a
+        row, traffic passes through unmirrored."""
+        if self.stopping or self.worker is None or (status := self.worker.poll()) is None:
+            return
+        assert self.writer is not None
+        self.writer.abandon()
+        self.writer = self.worker = None
+        self.pending.clear()  # the next worker counts what the dead one held
+        loop = asyncio.get_running_loop()
+        if loop.time() - self.started_at >= STABLE:
+            self.deaths = 0
+        if self.deaths == len(RESTART_DELAYS):
+            logger.error(
+                "shadowdiff: the worker process %s, %d times in a row; giving up: traffic "
+                "passes through unmirrored, its samples counted as dropped.worker_down",
+                _exit_status(status),
+                self.deaths + 1,
+            )
+            return
+        delay = RESTART_DELAYS[self.deaths]
+        self.deaths += 1
+        logger.error(
+            "shadowdiff: the worker process %s; samples are counted as dropped.worker_down "
+            "until another starts in %.1fs",
+            _exit_status(status),
+            delay,
+        )
+        self.restart = loop.call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        self.restart = None
+        if self.stopping or self.cfg is None:
+            return
+        self.counts[WORKER_RESTARTS] += 1
+        self.start_worker(self.cfg)
+        logger.warning(
+            "shadowdiff: worker started again (restart %d)", self.counts[WORKER_RESTARTS]
+        )
+
     def _apply(self, record: object) -> None:
-        """A control record from the worker: the kill switch and the dial, at once."""
+        """A record from the worker: the kill switch and the dial, at once; its final books."""
         global _last_control
+        if isinstance(record, Final):
+            self.final = record
+            return
         if not isinstance(record, Control) or self.sampler is None:
             return
         self.control = _last_control = record
@@ -212,6 +319,9 @@ class ShadowDiff:
         if len(body) > self.cfg.mirror.max_body:
             self.counts["dropped.too_large"] += 1
             return
+        if self._down():
+            self.counts["dropped.worker_down"] += 1
+            return
         snapshot = RequestSnapshot(
             flow_id=flow.id,
             method=request.method,
@@ -223,8 +333,7 @@ class ShadowDiff:
         if self._hand_off(snapshot):
             self.pending.add(flow.id)
         else:
-            broken = self.writer is None or self.writer.broken
-            self.counts["dropped.worker_down" if broken else "dropped.backlog"] += 1
+            self.counts["dropped.worker_down" if self._down() else "dropped.backlog"] += 1
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.id not in self.pending or flow.response is None:
@@ -272,7 +381,19 @@ class ShadowDiff:
             return "streamed"
         if flow.response is not None:
             return "answered"
+        if _UNSENDABLE.search(b"\t".join(itertools.chain.from_iterable(request.headers.fields))):
+            return "bad_header"
         return None
+
+    def _down(self) -> bool:
+        """No worker reads: none runs, or one started again after a death is not reading
+        yet (what waited for it would reach it as one burst, too many to take)."""
+        writer = self.writer
+        if writer is None or writer.broken:
+            return True
+        return self.counts[WORKER_RESTARTS] > 0 and not (
+            writer.ready.done() and writer.ready.result()
+        )
 
     def _hand_off(self, record: RequestSnapshot | PrimaryResult) -> bool:
         """Never blocks: says whether the channel took the record.
@@ -281,6 +402,36 @@ class ShadowDiff:
         counts it; once a snapshot is taken, the worker owns its fate and counts a primary
         result that never reaches it (`primary_lost`, or `shutdown`)."""
         return self.writer is not None and self.writer.send(record)
+
+
+def _exit_status(status: int) -> str:
+    """How a worker process ended, for a log line."""
+    if status < 0:
+        return f"was killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"
+
+
+def _wait_for_stopping() -> None:
+    """At the end of the process: every stopping worker finishes within its bound (its
+    grace, then STOP_MARGIN) or is killed, and said so."""
+    start = time.monotonic()
+    while _stopping:
+        stopping = _stopping.pop(0)
+        bound = stopping.grace + STOP_MARGIN
+        stopping.writer.finish(max(0.0, start + bound - time.monotonic()))
+        try:
+            status = stopping.process.wait(timeout=max(0.1, start + bound - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.error(
+                "shadowdiff: the worker did not finish within %.0fs; killing it: the samples "
+                "it still held are lost",
+                bound,
+            )
+            stopping.process.kill()
+            stopping.process.wait()
+            continue
+        if status:
+            logger.error("shadowdiff: the stopped worker process %s", _exit_status(status))
 
 
 def _fixed(cfg: Config) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from shadowdiff.errors import StoreError, StoreUnavailable
 from shadowdiff.store.base import Store
-from shadowdiff.store.schema import SCHEMA_VERSION, masked
+from shadowdiff.store.schema import SCHEMA_VERSION, clean, masked
 from shadowdiff.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "clean",
     "masked",
     "open_store",
 ]

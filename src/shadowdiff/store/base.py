@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from shadowdiff.model import Divergence, Event, Exchange
-from shadowdiff.store.schema import COLUMNS, exchange_of
+from shadowdiff.store.schema import COLUMNS, clean, exchange_of
 
 OutcomeRow = tuple[
     str, int | None, str | None, float | None, int | None, str | None, float | None, float | None
@@ -69,17 +69,17 @@ class Store(Protocol):
         """Counters per instance (one proxy process, one tap object)."""
         ...
 
-    def routes(self, run: str) -> dict[str, dict[str, int]]:
-        """Per route: exchanges, with a secondary, and the shadow's matched / ignored /
-        divergent counts (before noise is taken out)."""
+    def routes(self, run: str, route: str | None = None) -> dict[str, dict[str, int]]:
+        """Per route (or of `route` alone): exchanges, with a secondary, and the shadow's
+        matched / ignored / divergent counts (before noise is taken out)."""
         ...
 
-    def outcome_rows(self, run: str) -> Iterator[OutcomeRow]:
-        """An `OutcomeRow` per exchange, in recording order."""
+    def outcome_rows(self, run: str, route: str | None = None) -> Iterator[OutcomeRow]:
+        """An `OutcomeRow` per exchange (of `route` alone, if given), in recording order."""
         ...
 
-    def divergence_rows(self, run: str) -> Iterator[DivergenceRow]:
-        """A `DivergenceRow` for every divergence."""
+    def divergence_rows(self, run: str, route: str | None = None) -> Iterator[DivergenceRow]:
+        """A `DivergenceRow` for every divergence (of `route` alone, if given)."""
         ...
 
     def events(self, run: str) -> list[Event]:
@@ -145,12 +145,13 @@ class Backend(ABC):
     def close(self) -> None: ...
 
     def _as_text(self, value: str) -> str:
-        """A run, instance or flow id to look up, as the backend writes it (here: as given)."""
-        return value
+        """A run, instance or flow id to look up, as the backend writes it (here: `clean`, so
+        a lone surrogate from a URL finds what was written, and never reaches the driver)."""
+        return clean(value)
 
     def _as_key(self, value: str) -> str:
-        """A route or path to look up, as the backend writes it (here: as given)."""
-        return value
+        """A route or path to look up, as the backend writes it (here: `clean`)."""
+        return clean(value)
 
     def __enter__(self) -> Self:
         return self
@@ -203,40 +204,51 @@ class Backend(ABC):
             out.setdefault(instance, {})[name] = int(value)
         return out
 
-    def routes(self, run: str) -> dict[str, dict[str, int]]:
-        """Per route, over all instances: exchanges, with a secondary, and the shadow's
-        matched / ignored / divergent counts (before noise is taken out)."""
+    def _of(self, run: str, route: str | None) -> tuple[str, list[object]]:
+        """The condition and arguments that select a run's rows, or one route's: the
+        `(run, route, ...)` indexes then read that route alone."""
+        if route is None:
+            return "run = ?", [self._as_text(run)]
+        return "run = ? AND route = ?", [self._as_text(run), self._as_key(route)]
+
+    def routes(self, run: str, route: str | None = None) -> dict[str, dict[str, int]]:
+        """Per route (or of `route` alone), over all instances: exchanges, with a secondary,
+        and the shadow's matched / ignored / divergent counts (before noise is taken out)."""
+        where, args = self._of(run, route)
         rows = self._all(
             "SELECT route, COUNT(*), COUNT(secondary_result),"
             " COUNT(*) FILTER (WHERE shadow_result = 'matched'),"
             " COUNT(*) FILTER (WHERE shadow_result = 'ignored'),"
             " COUNT(*) FILTER (WHERE shadow_result = 'divergent')"
-            " FROM exchanges WHERE run = ? GROUP BY route ORDER BY COUNT(*) DESC, route",
-            (run,),
+            f" FROM exchanges WHERE {where} GROUP BY route ORDER BY COUNT(*) DESC, route",
+            args,
         )
         names = ("exchanges", "with_secondary", "matched", "ignored", "divergent")
         return {route: dict(zip(names, map(int, rest), strict=True)) for route, *rest in rows}
 
-    def outcome_rows(self, run: str) -> Iterator[OutcomeRow]:
-        """An `OutcomeRow` per exchange, in recording order."""
+    def outcome_rows(self, run: str, route: str | None = None) -> Iterator[OutcomeRow]:
+        """An `OutcomeRow` per exchange (of `route` alone, if given), in recording order."""
+        where, args = self._of(run, route)
         yield from self._stream(
             # A failed side's time-to-failure is no latency: NULL, so it never skews a check.
             "SELECT route, primary_status, primary_error,"
             " CASE WHEN primary_error IS NULL THEN primary_latency END, shadow_status,"
             " shadow_error, CASE WHEN shadow_error IS NULL THEN shadow_latency END,"
             " CASE WHEN secondary_error IS NULL THEN secondary_latency END"
-            " FROM exchanges WHERE run = ? ORDER BY id",
-            (run,),
+            f" FROM exchanges WHERE {where} ORDER BY id",
+            args,
         )
 
-    def divergence_rows(self, run: str) -> Iterator[DivergenceRow]:
-        """A `DivergenceRow` for every divergence, in the order of SQLite's index, so a
-        field's kind (its most common, ties to the first seen) comes out the same in both."""
+    def divergence_rows(self, run: str, route: str | None = None) -> Iterator[DivergenceRow]:
+        """A `DivergenceRow` for every divergence (of `route` alone, if given), in the order
+        of SQLite's index, so a field's kind (its most common, ties to the first seen) comes
+        out the same in both."""
+        where, args = self._of(run, route)
         yield from self._stream(
             "SELECT route, side, instance || ' ' || flow_id, path, kind, rule,"
-            " left_value, right_value FROM divergences WHERE run = ?"
+            f" left_value, right_value FROM divergences WHERE {where}"
             " ORDER BY route, side, path, rowid",
-            (run,),
+            args,
         )
 
     def events(self, run: str) -> list[Event]:
@@ -271,7 +283,7 @@ class Backend(ABC):
         self, run: str, instance: str | None = None, flow_id: str | None = None
     ) -> Iterator[Exchange]:
         """The run's exchanges in recording order (or the one of `instance` and `flow_id`)."""
-        where, args = "run = ?", [self._as_text(run)]
+        where, args = self._of(run, None)
         if instance is not None and flow_id is not None:
             where += " AND instance = ? AND flow_id = ?"
             args += [self._as_text(instance), self._as_text(flow_id)]

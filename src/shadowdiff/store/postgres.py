@@ -234,7 +234,7 @@ class PostgresStore(Backend):
 
     def _check_schema(self, conn: psycopg.Connection[TupleRow], create: bool) -> None:
         """Creates, migrates or checks the schema, one process at a time. Unlike a SQLite
-        file, a database may hold other applications' tables: only `meta` matters."""
+        file, a database may hold other applications' tables: only the store's own matter."""
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             found = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
@@ -253,6 +253,14 @@ class PostgresStore(Backend):
                     "UPDATE meta SET value = %s WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),
                 )
+            columns = conn.execute(
+                # the tables the search path finds, as every statement of the store does
+                "SELECT t, a.attname FROM unnest(%s::text[]) AS t"
+                " JOIN pg_attribute AS a ON a.attrelid = to_regclass(t)"
+                " WHERE a.attnum > 0 AND NOT a.attisdropped",
+                (list(schema.TABLES),),
+            )
+            schema.check_complete(self.path, columns)
 
     @contextmanager
     def _transaction(self, read: bool = False) -> Iterator[psycopg.Connection[TupleRow]]:

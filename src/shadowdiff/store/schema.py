@@ -7,7 +7,8 @@ migrated silently.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -86,6 +87,22 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+
+def _tables(ddl: str) -> dict[str, frozenset[str]]:
+    """Each table the schema creates, with its columns (a constraint such as `PRIMARY KEY
+    (a, b)` names none): read from the schema's own text, so that what a store is checked
+    for can never drift from what it is created with."""
+    tables = {}
+    for name, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\);", ddl, re.S):
+        body = re.sub(r"PRIMARY KEY \([^)]*\)", "", body)
+        tables[name] = frozenset(part.split()[0] for part in body.split(",") if part.strip())
+    return tables
+
+
+TABLES = _tables(SCHEMA)
+"""Table → columns of this version: a store whose meta claims it has them all, or is refused
+(a half-created or hand-made store would fail every write, retried forever)."""
+
 SIDES = ("primary", "shadow", "secondary")
 COLUMNS = (
     "run, instance, flow_id, ts, route, method, path, request_headers, request_body, "
@@ -105,6 +122,25 @@ def must_migrate(path: str, version: str) -> bool:
             f"{SCHEMA_VERSION}; use a matching shadowdiff or a new store path"
         )
     return False
+
+
+def check_complete(path: str, columns_found: Iterable[tuple[str, str]]) -> None:
+    """Refuses a store at schema SCHEMA_VERSION whose tables (`columns_found`: the (table,
+    column) pairs its database lists) lack one of TABLES or of their columns."""
+    found: dict[str, set[str]] = {}
+    for table, column in columns_found:
+        found.setdefault(table, set()).add(column)
+    for table, columns in TABLES.items():
+        if table not in found:
+            missing = f"table {table}"
+        elif columns - found[table]:
+            missing = f"column {table}.{min(columns - found[table])}"
+        else:
+            continue
+        raise StoreError(
+            f"{path}: not a complete shadowdiff store (schema version {SCHEMA_VERSION}"
+            f" without {missing}); use a new store path"
+        )
 
 
 def masked(target: str) -> str:

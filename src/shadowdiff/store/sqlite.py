@@ -6,6 +6,7 @@ sqlite3's errors become the store's in `_translated`, and nowhere else.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +50,24 @@ class _Rows:
         yield from self.db.execute(sql, args)
 
 
+def _create_private(path: str) -> None:
+    """Creates the store's file readable by its owner alone (0600, whatever the umask): it
+    holds whole requests and responses. SQLite gives its -wal and -shm files the mode of the
+    database file. A file that exists already keeps its mode: its owner chose it."""
+    if path in ("", ":memory:"):
+        return  # no file: SQLite's temporary and in-memory databases
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StoreError(f"{path}: cannot create the store: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken bits away
+    finally:
+        os.close(fd)
+
+
 class SQLiteStore(Backend):
     """A SQLite store; open it with `SQLiteStore(path)`, close it with `close()`."""
 
@@ -56,6 +75,8 @@ class SQLiteStore(Backend):
         self.path = str(path)
         if not create and not Path(self.path).exists():
             raise StoreError(f"{self.path}: no such store")
+        if create:
+            _create_private(self.path)
         with _translated(opening=self.path):
             self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -85,6 +106,11 @@ class SQLiteStore(Backend):
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),
                 )
+        columns = self.db.execute(
+            "SELECT m.name, c.name FROM sqlite_master AS m, pragma_table_info(m.name) AS c"
+            " WHERE m.type = 'table'"
+        )
+        schema.check_complete(self.path, columns)
 
     @contextmanager
     def _read(self) -> Iterator[Rows]:
@@ -103,8 +129,8 @@ class SQLiteStore(Backend):
         diffs = schema.divergence_rows(run, instance, batch.exchanges, key=clean, text=clean)
         marks = ", ".join("?" * (11 + 5 * len(schema.SIDES)))
         with _translated(), self.db:
-            for old, new in batch.merges:
-                self._merge(run, old, new)
+            for old, new in batch.merges:  # stored routes are clean: so must the prefixes be
+                self._merge(run, clean(old), clean(new))
             self.db.executemany(f"INSERT INTO exchanges ({schema.COLUMNS}) VALUES ({marks})", rows)
             self.db.executemany(
                 "INSERT INTO divergences VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", diffs

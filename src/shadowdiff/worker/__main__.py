@@ -1,9 +1,11 @@
 """The worker process and its composition root: `python -m shadowdiff.worker --fd N`.
 
 Started by the tap; it stops when the tap closes the channel (or on SIGTERM), giving in-flight
-copies a short grace period. This is the one place that builds the worker, its switch and its
-faces (control server, metrics, live verdict, alerts) and wires them together with callables,
-so no face imports the worker and the worker imports no face's server.
+copies a short grace period, and answers with its final books before it closes its side. A
+worker started after one died first takes over the dead one's books. This is the one place
+that builds the worker, its switch and its faces (control server, metrics, live verdict,
+alerts) and wires them together with callables, so no face imports the worker and the worker
+imports no face's server.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 
 from aiohttp import web
 
@@ -25,6 +28,9 @@ from shadowdiff.store import StoreError, open_store
 from shadowdiff.worker import Switch, Worker
 
 logger = logging.getLogger("shadowdiff.worker")  # the name operators filter on
+
+HANDOVER_WAIT = 5.0
+"""Seconds a worker retries the control port while the worker it replaces still holds it."""
 
 
 async def serve(sock: socket.socket) -> int:
@@ -49,6 +55,10 @@ async def serve(sock: socket.socket) -> int:
         logger.error("cannot open the store: %s", e)
         return 2
     worker = Worker(setup, store)
+    if setup.generation and not await worker.take_over(setup.counts):
+        await worker.mirror.close()
+        store.close()
+        return 2
     alerter = Alerter(cfg.alerts, cfg.run, worker.counts)
     switch = worker.switch = Switch(cfg, setup.control, reader.send, alerter)
     live = LiveVerdict(cfg, alerter)
@@ -61,10 +71,11 @@ async def serve(sock: socket.socket) -> int:
             breakers={name: b.state for name, b in worker.breakers.items()},
         )
 
-    metrics = Metrics(cfg.run, worker.merged, gauges)
+    metrics = Metrics(cfg.run, worker.merged, gauges, cfg.routes.max)
     worker.recorder.on_written = metrics.observe
+    worker.recorder.routes.on_merge = metrics.forget
     try:
-        server = await _control_server(worker, switch, live, metrics)
+        server = await _control_server(worker, switch, live, metrics, setup.handover)
     except (ConfigError, OSError) as e:
         logger.error("control server cannot start on %s: %s", cfg.control.listen, e)
         await worker.mirror.close()
@@ -77,21 +88,25 @@ async def serve(sock: socket.socket) -> int:
     reader.greet()
     while (record := await reader.read()) is not None:
         worker.on_record(record)
+    if server:  # first: the worker that replaces this one may be waiting for the port
+        await server.cleanup()
     stop.set()
     await flusher
     await watcher
-    if server:
-        await server.cleanup()
-    await asyncio.gather(worker.shutdown(), alerter.close(timeout=cfg.mirror.grace))
+    final, _ = await asyncio.gather(worker.shutdown(), alerter.close(timeout=cfg.mirror.grace))
     await live.close()
     store.close()
-    logger.info("%s (store %s)", summary_line(cfg.run, worker.merged()), store.path)
+    reader.send(final)
+    await reader.close()
+    stale = ", stale: its last writes failed" if final.stale else ""
+    logger.info("%s (store %s%s)", summary_line(cfg.run, final.counts), store.path, stale)
     return 0
 
 
 async def _control_server(
-    worker: Worker, switch: Switch, live: LiveVerdict, metrics: Metrics
+    worker: Worker, switch: Switch, live: LiveVerdict, metrics: Metrics, handover: bool
 ) -> web.AppRunner | None:
+    """`handover`: the worker this one replaces may hold the port for a moment yet."""
     listen = worker.cfg.control.listen
     if listen is None:
         return None
@@ -100,10 +115,18 @@ async def _control_server(
         return {"run": worker.cfg.run, "instance": worker.instance, "counts": worker.merged()}
 
     token = access_token(worker.cfg.control)
-    app = control.build(
-        switch, live, metrics, status, worker.health, token, loopback(listen.rpartition(":")[0])
-    )
-    runner = await control.serve(app, listen)
+    deadline = time.monotonic() + (HANDOVER_WAIT if handover else 0.0)
+    while True:
+        app = control.build(
+            switch, live, metrics, status, worker.health, token, loopback(listen.rpartition(":")[0])
+        )
+        try:
+            runner = await control.serve(app, listen)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
     logger.info("control server on http://%s (dashboard, /metrics, /verdict)", listen)
     return runner
 

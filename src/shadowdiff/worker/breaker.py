@@ -47,6 +47,11 @@ class CircuitBreaker:
             self.probes_sent += 1
         return True
 
+    def release(self) -> None:
+        """Gives back the probe slot `allow` took for a copy that was never sent."""
+        if self.state == HALF_OPEN and self.probes_sent > 0:
+            self.probes_sent -= 1
+
     def record(self, ok: bool) -> str | None:
         """Feeds one outcome; returns the new state when this outcome changed it."""
         now = self.clock()

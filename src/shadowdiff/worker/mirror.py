@@ -72,6 +72,11 @@ class TooLarge(Exception):
     pass
 
 
+class Unsendable(Exception):
+    """A copy the HTTP client refuses to build (a control byte in a header, a method that is
+    no token): the client's request is at fault, never the shadow, so it is no outcome."""
+
+
 class Mirror:
     """Sends copies; the session lives as long as the worker."""
 
@@ -89,7 +94,8 @@ class Mirror:
         await self.session.close()
 
     async def send(self, base: str, request: RequestSnapshot) -> Outcome:
-        """One copy to `base + path`; never raises, every failure is an outcome."""
+        """One copy to `base + path`; every failure is an outcome, but a copy that cannot
+        be built raises `Unsendable`."""
         started = time.perf_counter()
         if not request.path.startswith("/"):  # `@host/…` would make `base` a user name
             return Outcome(error="protocol", latency=0.0)
@@ -113,6 +119,8 @@ class Mirror:
                 )
         except TooLarge:
             return Outcome(error="too_large", latency=time.perf_counter() - started)
+        except ValueError as e:  # aiohttp's refusal to build it (InvalidURL is one too)
+            raise Unsendable(str(e)) from None
         except Exception as e:  # noqa: BLE001 - a copy never raises: every failure is an outcome
             return Outcome(error=error_kind(e), latency=time.perf_counter() - started)
 

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shadowdiff.compare import OTHER, Comparer, Redactor, RouteTable
+from shadowdiff.compare import OTHER, Comparer, Redactor, RouteTable, jsondiff
 from shadowdiff.config import Config
-from shadowdiff.model import Event, Exchange, apply_merge, result_of
+from shadowdiff.model import DIVERGENT, Event, Exchange, apply_merge, result_of
 from shadowdiff.store import Store, StoreUnavailable
 
 logger = logging.getLogger("shadowdiff.recorder")
@@ -25,10 +25,38 @@ logger = logging.getLogger("shadowdiff.recorder")
 CHUNK = 2_000
 """Exchanges written in one transaction at most."""
 MAX_UNWRITTEN = 50_000
-"""Exchanges kept while the store refuses writes; beyond, the oldest are dropped and counted."""
+"""Exchanges kept while the store refuses writes, however small; their bytes are bounded by
+the `max_unwritten` option. Beyond either, the newest are dropped and counted."""
+HELD_OVERHEAD = 1024
+"""Bytes an unwritten exchange holds beyond the bytes `held_bytes` adds up: its records."""
+ITEM_OVERHEAD = 128
+"""Bytes of the objects around one header pair or one divergence, beyond their text."""
 
 
-@dataclass
+def held_bytes(x: Exchange) -> int:
+    """About what an unwritten exchange costs in memory: its bodies dominate, and a response
+    of 256 KB held on both sides costs half a megabyte. Counts only what never changes once
+    the exchange is analysed (a route merge renames `route`), so it can be taken back."""
+    size = HELD_OVERHEAD + len(x.request.path) + len(x.request.body)
+    headers = [x.request.headers]
+    for outcome in (x.primary, x.shadow, x.secondary):
+        if outcome is not None:
+            size += len(outcome.body)
+            headers.append(outcome.headers)
+    size += sum(ITEM_OVERHEAD + len(n) + len(v) for listed in headers for n, v in listed)
+    return size + sum(
+        ITEM_OVERHEAD + len(d.path) + len(d.left) + len(d.right)
+        for d in (*x.shadow_diffs, *x.secondary_diffs)
+    )
+
+
+EXAMPLE_PATHS = 20
+"""Paths (list indexes as `[*]`) of one route that keep examples: the first to diverge. With
+the routes' own cap this bounds the reservoirs, and the examples a report shows, whatever
+paths the traffic makes up (random keys)."""
+
+
+@dataclass(slots=True)
 class Reservoir:
     """A uniform random sample of at most `size` items from a stream (Algorithm R)."""
 
@@ -65,10 +93,14 @@ class Recorder:
         self.routes = RouteTable(cfg.routes)
         self.redactor = Redactor(cfg.redact)
         self.comparer = Comparer(cfg.compare, mask=self.redactor.json)
-        self.reservoirs: dict[tuple[str, str], Reservoir] = {}
+        self.reservoirs: dict[str, dict[str, Reservoir]] = {}
+        """Route → path (indexes as `[*]`) → the examples kept of it."""
         self.rng = random.Random()
         self.books: Counter[str] = Counter()
         self.unwritten: list[Exchange] = []
+        self.unwritten_bytes = 0  # held_bytes of `unwritten` and of the batch in analysis
+        self.refused = 0  # by `admits`, on the worker's loop: it alone writes this
+        self.refused_counted = 0  # of those, already in the books (the store thread's)
         self.merges: list[tuple[str, str]] = []
         self.examples: list[tuple[str, str, int, str]] = []
         self.events: list[Event] = []
@@ -86,7 +118,14 @@ class Recorder:
 
         Writes go in transactions of at most CHUNK exchanges, so the backlog of an outage is
         caught up in steps that each fit a statement's time limit."""
-        self.unwritten.extend(self.analyse(batch))
+        refused = self.refused
+        self.books["dropped.store"] += refused - self.refused_counted
+        self.refused_counted = refused
+        coming = sum(map(held_bytes, batch))
+        self.unwritten_bytes += coming  # at once, for `admits`: the batch is held meanwhile
+        analysed = self.analyse(batch)
+        self.unwritten.extend(analysed)
+        self.unwritten_bytes += sum(map(held_bytes, analysed)) - coming
         self.events.extend(events or ())
         while self._write_chunk(counts) and self.unwritten:
             pass
@@ -110,21 +149,22 @@ class Recorder:
         except StoreUnavailable as e:  # a lock, a full disk, a vanished file, a database down
             logger.error("cannot write to store %s: %s; will retry", self.store.path, e)
             self.last_error = str(e)
-            lost = len(self.unwritten) - MAX_UNWRITTEN
-            if lost > 0:
-                del self.unwritten[:lost]
-                self.books["dropped.store"] += lost
+            self._hold_within_bounds()
             return False
         except Exception:  # exchanges the store can never take must not block those after them
             logger.exception(
                 "store %s refused a batch; %d exchanges dropped", self.store.path, len(chunk)
             )
             self.books["dropped.store"] += len(chunk)
-            del self.unwritten[: len(chunk)]
+            self._forget(len(chunk))
+            # What rode along goes too, or it would poison every later batch.
+            self.merges.clear()
+            self.examples.clear()
+            self.events.clear()
             return True
         self.books["recorded"] += len(chunk)
         self.last_write, self.last_error = time.monotonic(), None
-        del self.unwritten[: len(chunk)]
+        self._forget(len(chunk))
         self.merges.clear()
         self.examples.clear()
         self.events.clear()
@@ -133,6 +173,44 @@ class Recorder:
         except Exception:  # a face must never stop the recording
             logger.exception("observing a written batch failed")
         return True
+
+    def admits(self, queued: int) -> bool:
+        """Whether the worker may queue one more exchange for the store thread, `queued`
+        being the `held_bytes` of its next batch with that exchange. No once they and what
+        is unwritten would pass `max_unwritten`: the exchange is dropped at once and counted
+        as `dropped.store` with the next batch, so a store outage costs bounded memory
+        whatever the bodies and the traffic. Called on the worker's loop, never blocks."""
+        if self.unwritten_bytes + queued <= self.cfg.max_unwritten:
+            return True
+        self.refused += 1
+        return False
+
+    def _hold_within_bounds(self) -> None:
+        """Drops the newest unwritten exchanges, counted as `dropped.store`, until at most
+        MAX_UNWRITTEN of them hold at most `max_unwritten` bytes (as `admits` does for
+        those that come later); the oldest are written first once the store returns."""
+        held, kept = self.unwritten_bytes, len(self.unwritten)
+        while kept and (kept > MAX_UNWRITTEN or held > self.cfg.max_unwritten):
+            kept -= 1
+            held -= held_bytes(self.unwritten[kept])
+        lost = len(self.unwritten) - kept
+        if lost:
+            del self.unwritten[kept:]
+            self.unwritten_bytes = held
+            self.books["dropped.store"] += lost
+            logger.warning(
+                "store %s still refuses writes: dropped the %d newest unwritten exchanges,"
+                " holding %d (%.1f MiB)",
+                self.store.path,
+                lost,
+                kept,
+                held / 2**20,
+            )
+
+    def _forget(self, n: int) -> None:
+        """Lets go of the `n` oldest unwritten exchanges (written, or dropped and counted)."""
+        self.unwritten_bytes -= sum(map(held_bytes, self.unwritten[:n]))
+        del self.unwritten[:n]
 
     def analyse(self, batch: list[Exchange]) -> list[Exchange]:
         """Routes, compares and redacts; an exchange the comparison chokes on is dropped and
@@ -144,7 +222,9 @@ class Recorder:
             for x in (*self.unwritten, *batch):
                 x.route = apply_merge(x.route, old, new)
             self.reservoirs = {
-                k: r for k, r in self.reservoirs.items() if apply_merge(k[0], old, new) == k[0]
+                route: paths
+                for route, paths in self.reservoirs.items()
+                if apply_merge(route, old, new) == route
             }
         self.merges.extend(merges)
         analysed = []
@@ -169,14 +249,17 @@ class Recorder:
         self.redactor.exchange(x)
 
     def keep_examples(self, x: Exchange) -> None:
-        """Offers the exchange as an example of each path where it really diverged."""
-        if not self.cfg.compare.examples:
+        """Offers the exchange as an example of each path where it really diverged (list
+        indexes as `[*]`), on the route's first EXAMPLE_PATHS such paths."""
+        if not self.cfg.compare.examples or result_of(x.shadow_diffs) != DIVERGENT:
             return
-        for path in sorted({d.path for d in x.shadow_diffs if d.rule is None}):
-            key = (x.route, path)
-            reservoir = self.reservoirs.get(key)
+        paths = self.reservoirs.setdefault(x.route, {})
+        for path in sorted({jsondiff.any_index(d.path) for d in x.shadow_diffs if d.rule is None}):
+            reservoir = paths.get(path)
             if reservoir is None:
-                reservoir = self.reservoirs[key] = Reservoir(self.cfg.compare.examples)
+                if len(paths) >= EXAMPLE_PATHS:
+                    continue
+                reservoir = paths[path] = Reservoir(self.cfg.compare.examples)
             slot = reservoir.offer(x.request.flow_id, self.rng)
             if slot is not None:
                 self.examples.append((x.route, path, slot, x.request.flow_id))

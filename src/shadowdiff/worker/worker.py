@@ -16,13 +16,13 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shadowdiff.channel import PrimaryResult, Setup, TapCounts
-from shadowdiff.counts import summary_line
+from shadowdiff.channel import Final, PrimaryResult, Setup, TapCounts
+from shadowdiff.counts import WORKER_RESTARTS, summary_line, total
 from shadowdiff.model import Exchange, Outcome, RequestSnapshot
-from shadowdiff.store import Store
+from shadowdiff.store import Store, StoreUnavailable
 from shadowdiff.worker.breaker import CircuitBreaker
-from shadowdiff.worker.mirror import Mirror
-from shadowdiff.worker.recorder import Recorder
+from shadowdiff.worker.mirror import Mirror, Unsendable
+from shadowdiff.worker.recorder import Recorder, held_bytes
 from shadowdiff.worker.switch import Switch
 
 logger = logging.getLogger("shadowdiff.worker")
@@ -32,8 +32,9 @@ FINAL_WRITE = 5.0
 
 TAP_STALE = 5.0
 """Seconds without the tap's counters after which the proxy is reported unhealthy."""
-STORE_STALE = 10.0
-"""Seconds without a successful write, while one is failing, before the store is unhealthy."""
+TAKEOVER_WAIT = 30.0
+"""Seconds a restarted worker waits for the store to take over the books of the one that
+died; it reads no sample meanwhile (the channel's budget bounds what waits)."""
 
 PRIMARY_WAIT = 60.0
 """How long a copy waits for the primary's result before it is let go and counted as
@@ -60,6 +61,7 @@ class Worker:
         self.tap_counts: dict[str, int] = {}
         self.tap_seen_at = time.monotonic()
         self.batch: list[Exchange] = []
+        self.batch_bytes = 0  # held_bytes of the batch: the recorder's budget covers it
         self.dirty = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.recorder = Recorder(self.cfg, self.instance, store)
@@ -119,6 +121,10 @@ class Worker:
         except asyncio.CancelledError:
             self.drop("shutdown")
             raise
+        except Unsendable:
+            self.primaries.pop(request.flow_id, None)
+            self.drop("unsendable")
+            return
         try:
             result = await asyncio.wait_for(primary, PRIMARY_WAIT)
         except TimeoutError:  # the tap could not hand the primary's result over
@@ -131,15 +137,19 @@ class Worker:
         if result.skip:
             self.drop(result.skip)
             return
-        self.batch.append(
-            Exchange(
-                request=request,
-                primary=result.outcome,
-                shadow=outcomes["shadow"],
-                secondary=outcomes.get("secondary"),
-                route="",  # the recorder routes it
-            )
+        x = Exchange(
+            request=request,
+            primary=result.outcome,
+            shadow=outcomes["shadow"],
+            secondary=outcomes.get("secondary"),
+            route="",  # the recorder routes it
         )
+        size = held_bytes(x)
+        if not self.recorder.admits(self.batch_bytes + size):
+            self.dirty = True  # the recorder counts it (dropped.store) with the next batch
+            return
+        self.batch.append(x)
+        self.batch_bytes += size
 
     async def copies(self, request: RequestSnapshot) -> dict[str, Outcome]:
         """Waits for a slot under the in-flight cap, then sends every copy at once."""
@@ -151,7 +161,13 @@ class Worker:
             self.outstanding -= 1
 
     async def copy(self, name: str, url: str, request: RequestSnapshot) -> Outcome:
-        outcome = await self.mirror.send(url, request)
+        """One copy, fed to the target's breaker and error counts; one that could not be
+        built is the client's fault: it gives its breaker slot back and raises `Unsendable`."""
+        try:
+            outcome = await self.mirror.send(url, request)
+        except Unsendable:
+            self.breakers[name].release()
+            raise
         if outcome.error:
             self.counts[f"{name}_error.{outcome.error}"] += 1
         changed = self.breakers[name].record(outcome.error is None)
@@ -169,7 +185,7 @@ class Worker:
     async def flush(self) -> None:
         if not self.batch and not self.dirty and not (self.switch and self.switch.events):
             return
-        batch, self.batch, self.dirty = self.batch, [], False
+        batch, self.batch, self.batch_bytes, self.dirty = self.batch, [], 0, False
         counts = {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
         events = self.switch.take_events() if self.switch else []
         await asyncio.get_running_loop().run_in_executor(
@@ -202,7 +218,7 @@ class Worker:
         now = time.monotonic()
         tap_age = now - self.tap_seen_at
         recorder = self.recorder
-        store_ok = recorder.last_error is None or now - recorder.last_write < STORE_STALE
+        restarts = self.tap_counts.get(WORKER_RESTARTS, 0)
         parts = {
             "proxy": {
                 "ok": tap_age < TAP_STALE,
@@ -211,18 +227,21 @@ class Worker:
             "worker": {
                 "ok": True,
                 "detail": f"{self.outstanding} copies in flight; breakers "
-                + ", ".join(f"{n} {b.state}" for n, b in self.breakers.items()),
+                + ", ".join(f"{n} {b.state}" for n, b in self.breakers.items())
+                + f"; {restarts} restarts after a worker died",
+                "restarts": restarts,
             },
-            "store": {
-                "ok": store_ok,
+            "store": {  # failing while writes fail: what is held is not written yet
+                "ok": recorder.last_error is None,
                 "detail": recorder.last_error or f"last write {now - recorder.last_write:.1f}s ago",
                 "unwritten": len(recorder.unwritten),
             },
         }
         return {"status": "ok" if all(p["ok"] for p in parts.values()) else "failing", **parts}
 
-    async def shutdown(self) -> None:
-        """After the tap closed the channel: grace for copies in flight, cancel the rest, flush.
+    async def shutdown(self) -> Final:
+        """After the tap closed the channel: grace for copies in flight, cancel the rest, flush;
+        the final books, true even when the store refused the last writes.
 
         A primary result that has not arrived by now never will, so those exchanges are
         counted as dropped at shutdown at once rather than held for the grace period.
@@ -243,9 +262,60 @@ class Worker:
             if not self.recorder.unwritten or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        if self.recorder.unwritten:
-            logger.error(
-                "the store refused the last writes: %d exchanges recorded but not written are lost",
-                len(self.recorder.unwritten),
-            )
         self.executor.shutdown()
+        unwritten = len(self.recorder.unwritten)
+        books = self.merged()
+        stale = self.recorder.last_error is not None
+        if unwritten:
+            books["dropped.store"] = books.get("dropped.store", 0) + unwritten
+        if stale:
+            logger.error(
+                "the store refused the last writes (%s): %d exchanges not written are lost "
+                "(dropped.store) and its counts for %s are stale; the books: %s",
+                self.recorder.last_error,
+                unwritten,
+                self.instance,
+                summary_line(self.cfg.run, books),
+            )
+        return Final(books, unwritten, stale)
+
+    async def take_over(self, tap: dict[str, int]) -> bool:
+        """Takes over the books of this tap's workers that died: what they wrote becomes
+        this worker's own, and the samples they were handed but never settled are counted
+        as `dropped.worker_died`. `tap`: the tap's counters as it started this worker.
+        Retried while the store refuses, up to TAKEOVER_WAIT; before it, nothing of this
+        worker's may be written, which would overwrite theirs. Whether it succeeded."""
+        self.on_record(TapCounts(self.instance, tap))
+        deadline = time.monotonic() + TAKEOVER_WAIT
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                theirs = await loop.run_in_executor(self.executor, self._adopt, tap)
+                break
+            except StoreUnavailable as e:
+                if time.monotonic() > deadline:
+                    logger.error("cannot take over the books of the worker that died: %s", e)
+                    return False
+                await asyncio.sleep(1.0)
+        self.counts.update(theirs)
+        logger.warning(
+            "took over the books of the worker that died: %d samples it held are lost "
+            "(dropped.worker_died)",
+            theirs.get("dropped.worker_died", 0),
+        )
+        return True
+
+    def _adopt(self, tap: dict[str, int]) -> dict[str, int]:
+        """In the store thread: the dead workers' own counters, moved under this worker's
+        names (the store's rows of a source are replaced, never added to)."""
+        run, instance, store = self.cfg.run, self.instance, self.store
+        store.write(run, instance, [], {"tap": tap})  # the line between theirs and ours
+        books = store.instance_counts(run).get(instance, {})
+        theirs = {k: v - tap.get(k, 0) for k, v in books.items() if v != tap.get(k, 0)}
+        lost = books.get("sampled", 0) - books.get("recorded", 0) - total(books, "dropped")
+        if lost < 0:
+            logger.error("the books of the workers that died settle %d samples too many", -lost)
+        elif lost:
+            theirs["dropped.worker_died"] = theirs.get("dropped.worker_died", 0) + lost
+        store.write(run, instance, [], {"worker": theirs, "store": dict.fromkeys(theirs, 0)})
+        return theirs
