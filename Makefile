@@ -26,7 +26,8 @@ lint: $(STAMP)
 
 # Real parts the tests use, installed when missing: Debian's headless chromium (report and
 # dashboard), nginx (the fleet in front of two proxies) and PostgreSQL (the fleet's shared
-# store; the tests start a throwaway cluster of their own unless SHADOWDIFF_TEST_PG is set).
+# store; the tests start a throwaway cluster of their own unless SHADOWDIFF_TEST_PG is set),
+# and two released versions of Datasette for the release review (.ci/review-services).
 system:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
@@ -36,6 +37,7 @@ system:
 	  echo "installing Debian packages for the tests:$$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+	@.ci/review-services
 
 test: lint system
 	$(BIN)/pytest --cov=shadowdiff --cov-report=term-missing:skip-covered -q
@@ -48,6 +50,7 @@ bench: $(STAMP) system
 	$(BIN)/python bench/replay_speed.py
 	$(BIN)/python bench/fleet_throughput.py
 	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/judgement.py
 
 clean:
 	rm -rf .venv .venv312 .pytest_cache .mypy_cache .ruff_cache .coverage* demo.db*

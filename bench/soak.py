@@ -13,7 +13,8 @@ are 20,000-element lists the shadow changes everywhere), while two scrapers poll
 sampled from /proc. At the end it checks what the issue promises: every live response
 byte-identical to the primary's (the primary answers a digest of what it was sent, so the
 client knows the answer; raw-socket requests are sent to the primary directly too), the books
-balanced in the store, `shadowdiff gate` and `report` still answering, and it prints a table.
+balanced in the store, both RSS peaks within their bounds, `shadowdiff gate` and `report`
+still answering, and it prints a table.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ SCRAPE_PAUSE = 0.1
 """Seconds between two scrapes of one scraper."""
 RSS_EVERY = 0.2
 """Seconds between two RSS samples."""
+PROXY_RSS_BOUND = 256
+"""MB the proxy's RSS must stay under: mitmproxy's own ~90 MB plus the channel's 16 MiB
+backlog, with room for its flows in progress."""
+WORKER_RSS_BOUND = 640
+"""MB the worker's RSS must stay under: ~150 MB of libraries, `max_unwritten` (256 MiB) of
+exchanges held for the store, the examples and the copies in flight with their bodies."""
 
 
 # ---------------------------------------------------------------------------- the services
@@ -446,6 +453,7 @@ def report(
     bad = sum(tally.bad.values())
     gate_ok = gate_status in (0, 1, 3) and "Traceback" not in gate_out
     report_ok = report_status == 0 and "Traceback" not in report_out
+    rss_ok = (peaks.proxy <= PROXY_RSS_BOUND, peaks.worker <= WORKER_RSS_BOUND)
     hostile = sum(v for k, v in tally.sent.items() if k != "ordinary")
     scrapes = ", ".join(f"{k} x{v}" for k, v in sorted(tally.scrapes.items()))
     slowest = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(tally.slowest.items()))
@@ -454,8 +462,8 @@ def report(
         ("duration", f"{duration:.1f} s ({args.requests / duration:.0f} req/s)"),
         ("proxy shutdown (worker catching up)", f"{shutdown:.1f} s"),
         ("live p50 / p99 (ordinary)", f"{1000 * statistics.median(lat):.1f} / {1000 * p99:.1f} ms"),
-        ("proxy RSS peak", f"{peaks.proxy} MB"),
-        ("worker RSS peak", f"{peaks.worker} MB"),
+        ("proxy RSS peak", f"{peaks.proxy} MB (bound {PROXY_RSS_BOUND})" + over(rss_ok[0])),
+        ("worker RSS peak", f"{peaks.worker} MB (bound {WORKER_RSS_BOUND})" + over(rss_ok[1])),
         ("bad live responses", f"{bad}" + (f" ({_listed(tally.bad)})" if bad else "")),
         ("books balanced", "yes" if not problems else "NO: " + "; ".join(problems)),
         ("seen / sampled", f"{counts.get('seen', 0):,} / {counts.get('sampled', 0):,}"),
@@ -483,7 +491,11 @@ def report(
         print(f"gate said: {gate_out.strip()[-600:]}")
     if not report_ok:
         print(f"report said: {report_out.strip()[-600:]}")
-    return not bad and not problems and gate_ok and report_ok
+    return not bad and not problems and gate_ok and report_ok and all(rss_ok)
+
+
+def over(ok: bool) -> str:
+    return "" if ok else " (OVER)"
 
 
 def _listed(counts: dict[str, int]) -> str:

@@ -47,9 +47,14 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+LONG_LIST = 20_000
+"""Elements of the `list` mode's answer: about 0.1 s to compare with `range(LONG_LIST)`."""
+
+
 @dataclass
 class Backend:
-    """An aiohttp service whose behaviour a test can switch: ok, hang, reset, big, slow, error."""
+    """An aiohttp service whose behaviour a test can switch: ok, hang, reset, big, slow, error,
+    list."""
 
     name: str
     mode: str = "ok"
@@ -82,6 +87,8 @@ class Backend:
             )
         if self.mode == "error":
             return web.json_response({"error": "boom"}, status=500)
+        if self.mode == "list":  # slow to compare: differs at every one of LONG_LIST indexes
+            return web.json_response(list(range(1, LONG_LIST + 1)))
         return web.json_response(
             {
                 "path": request.path_qs,

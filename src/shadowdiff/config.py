@@ -14,16 +14,18 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ByteSize,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
@@ -166,6 +168,57 @@ class Mirror(Strict):
     breaker: Breaker = Breaker()
 
 
+Reference = Literal["secondary", "primary", "proxy"]
+
+
+class Latency(Strict):
+    """What the shadow's latency is compared with (`reference`), so that both sides of a pair
+    are timed by the same kind of clock:
+
+    - `secondary`: the secondary's copy, timed by the worker's client as the shadow's is
+      (the default when a secondary is configured);
+    - `primary`: a timed copy of each sampled safe request (COPIED) that the worker sends to
+      `primary` with the same client and clock; the live response is untouched, other methods
+      get no latency pair (the default without a secondary when `primary` is set, as
+      `shadowdiff proxy` requires);
+    - `proxy`: mitmproxy's time from the request's last byte to the response's last byte. It
+      includes the proxy's own queueing, so under load the primary looks slower than it is and
+      a slower shadow can pass (the default only when the primary's URL is unknown).
+    """
+
+    reference: Reference | None = None
+
+    COPIED: ClassVar[frozenset[str]] = frozenset({"GET", "HEAD", "OPTIONS"})
+    """Methods whose copy may go to the primary: safe ones (RFC 9110 §9.2.1), which a second
+    call does not change."""
+
+
+def check_reference(latency: Latency, info: ValidationInfo) -> Latency:
+    """Refuses a reference the config cannot give: a secondary that is not configured, a
+    primary copy without the primary's URL, or another clock while a secondary runs (the
+    judge compares with the secondary whenever there is one)."""
+    secondary, primary = info.data.get("secondary"), info.data.get("primary")
+    if latency.reference == "secondary" and not secondary:
+        raise ValueError("reference secondary needs a secondary (set `secondary`)")
+    if latency.reference == "primary" and not primary:
+        raise ValueError("reference primary needs the primary's URL (set `primary`)")
+    if latency.reference in ("primary", "proxy") and secondary:
+        raise ValueError(
+            f"reference {latency.reference} with a secondary configured: the secondary is the "
+            "reference (remove `secondary`, or the reference)"
+        )
+    return latency
+
+
+def latency_reference(cfg: Config) -> Reference:
+    """The latency reference `cfg` gives, its `latency.reference` or the default for it."""
+    if cfg.latency.reference is not None:
+        return cfg.latency.reference
+    if cfg.secondary:
+        return "secondary"
+    return "primary" if cfg.primary else "proxy"
+
+
 DEFAULT_IGNORED_HEADERS = [
     "date",
     "server",
@@ -271,11 +324,14 @@ class Routes(Strict):
 
 
 class Noise(Strict):
-    """Diffy's rule: a path is a real divergence only if it differs more often against the
-    shadow than against the secondary, by more than both thresholds."""
+    """Diffy's thresholds, the practical floor of the noise test: a path is a real divergence
+    only if the shadow differs there more often than the secondary both significantly (Fisher's
+    exact test at `judge.confidence`: `shadowdiff.judge.noise`) and by more than both."""
 
     relative: Annotated[float, Field(ge=0, le=1)] = 0.20
+    """(s − q) / (s + q) must exceed it, s and q the shadow's and the secondary's rates there."""
     absolute: Annotated[float, Field(ge=0, le=1)] = 0.0003
+    """s − q must exceed it: at least one unexplained difference per 3,333 exchanges."""
 
 
 class Judge(Strict):
@@ -433,6 +489,7 @@ class Config(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     sampling: Sampling = Sampling()
     mirror: Mirror = Mirror()
+    latency: Annotated[Latency, AfterValidator(check_reference)] = Latency()
     compare: Compare = Compare()
     routes: Routes = Routes()
     noise: Noise = Noise()

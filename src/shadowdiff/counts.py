@@ -21,6 +21,10 @@ RECORDED_PRIMARY = "replay.recorded_primary"
 --from-recorded-primary`): their timings come from another time and place."""
 
 
+LATENCY_REFERENCE = "latency_reference"
+"""Worker counters (`latency_reference.secondary|primary|proxy`) of the exchanges whose
+shadow latency had that baseline: outside the books, read by the judge to say which clock."""
+
 WORKER_RESTARTS = "worker.restarts"
 """Tap counter of workers started again after one died: outside the books (no bucket), shown
 by `/healthz` and `/metrics`."""

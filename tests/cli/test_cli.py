@@ -136,6 +136,7 @@ def test_summary(tmp_path):
         "run 'rc1': seen 3, sampled 1, recorded 1, dropped 0",
         "  not eligible (loop): 1",
         "  GET /users/{id}: 1 exchanges: 0 matched, 0 ignored, 0 noise only, 1 divergent",
+        "      (no secondary: noise cannot be told apart, every difference counts)",
         "      body changed: 1",
     ]
     missing = shadowdiff("summary", f"--store={path}", "--run=nope")

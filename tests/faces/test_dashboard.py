@@ -50,6 +50,8 @@ class Traffic:
             await asyncio.sleep(self.pace)
 
     def send(self, i: int) -> Any:
+        if i == 4:  # a route of one exchange: INCONCLUSIVE, it needs more pairs
+            return self.client.get(f"{self.url}/rare")
         if i % 3 == 0:  # raw, unencoded: the route and the example show it as it came
             url = yarl.URL(f"{self.url}{HOSTILE_PATH}?q={i}", encoded=True)
             return self.client.get(url, headers={"X-Evil": HOSTILE_HEADER})
@@ -115,6 +117,8 @@ PAGE = """(() => {
     route_text: [...document.querySelectorAll("#routes tbody td.route > .mono")]
                 .map((node) => node.textContent),
     checks: [...document.querySelectorAll("#checks li")].map((li) => li.textContent),
+    deciding: document.getElementById("deciding").hidden ? null
+              : document.getElementById("deciding").textContent,
     conn_hidden: document.getElementById("conn").hidden,
     pwned: window.pwned !== undefined,
     injected: document.querySelectorAll("svg, img").length,
@@ -185,6 +189,9 @@ async def test_dashboard_live_traffic_pause_and_dial(
             assert users[1] == "FAIL" and users[4] == "100 %"
             assert "body:$.by 100 %" in users[0]
             assert any("divergence_rate" in c and "GET /users/{id}" in c for c in seen["checks"])
+            rare = [c for c in seen["checks"] if "min_sample" in c and "GET /rare" in c]
+            assert rare and rare[0].endswith("about 4 more pairs should decide it")  # no rate yet
+            assert "more pairs per route should decide" in (seen["deciding"] or "")
             assert seen["conn_hidden"] is True
             assert seen["pwned"] is False and seen["injected"] == 0
 

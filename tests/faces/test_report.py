@@ -90,6 +90,7 @@ def make_doc(n_routes: int = 3) -> dict[str, Any]:
                 "ci": [1.25, 1.37],
                 "critical": False,
                 "detail": "shadow 31 % slower (95 % CI 25–37 %)",
+                "needs": None,
             },
             {
                 "id": "divergence",
@@ -101,6 +102,7 @@ def make_doc(n_routes: int = 3) -> dict[str, Any]:
                 "ci": None,
                 "critical": True,
                 "detail": "too few pairs",
+                "needs": {"pairs": 41, "seconds": 300.0},
             },
             {
                 "id": "errors",
@@ -112,6 +114,7 @@ def make_doc(n_routes: int = 3) -> dict[str, Any]:
                 "ci": None,
                 "critical": True,
                 "detail": "",
+                "needs": None,
             },
         ],
         "routes": routes,
@@ -185,6 +188,23 @@ def test_markdown_has_verdict_and_escapes_traffic() -> None:
     assert "header:date" not in md  # noise is not a top divergent field
     assert "1.31× (1.26–1.36)" in md
     assert md.index("| latency |") < md.index("| divergence (critical) |")
+
+
+def test_reports_say_how_long_until_every_inconclusive_check_is_decided() -> None:
+    doc = make_doc()
+    said = "About 5 min more at the current rates should decide every inconclusive check."
+    assert said in render_markdown(doc)
+    assert f'<p id="deciding" class="note">{said}</p>' in render_html(doc, {})
+    doc["checks"].append({**doc["checks"][1], "id": "latency", "needs": None})
+    assert (
+        "About 5 min more at the current rates should decide 1 of them. More pairs alone "
+        "would not decide 1 inconclusive check (see their details)."
+    ) in render_markdown(doc)
+    doc["checks"][1]["needs"] = {"pairs": 41, "seconds": None}  # no rate known yet
+    assert "Up to 41 more pairs per route should decide 1 of them." in render_markdown(doc)
+    doc["verdict"] = "PASS"
+    doc["checks"] = [c for c in doc["checks"] if c["result"] == "PASS"]
+    assert "should decide" not in render_markdown(doc) + render_html(doc, {})
 
 
 def test_md_escape_neutralises_markup_and_newlines() -> None:

@@ -1,13 +1,20 @@
-"""The release judge: every check's branches, the verdict, and false alarms on simulated A/A
-runs (the statistics behind the checks are test_stats.py's)."""
+"""The release judge: every check's branches, the verdict, false alarms on simulated A/A
+runs, bursts of contention, and what would decide an INCONCLUSIVE check (the statistics
+behind the checks are test_stats.py's)."""
 
 from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from factories import Array, timings
 
-from shadowdiff.judge.checks import Check, JudgeConfig, RouteData, Verdict, judge
+from shadowdiff.judge import checks
+from shadowdiff.judge.checks import Check, JudgeConfig, Needs, RouteData, Verdict, judge
+from shadowdiff.judge.stats import hodges_lehmann
 
 
 def route(
@@ -269,3 +276,148 @@ def test_known_slowdown_is_covered_by_the_ci():
 
 def test_clear_slowdown_fails_every_run():
     assert {c.result for c in latency_runs(1.3)} == {"FAIL"}
+
+
+def test_a_true_slowdown_of_a_fifth_fails_with_300_pairs():
+    assert {c.result for c in latency_runs(1.2)} == {"FAIL"}
+
+
+# --- time order: bursts of contention ---------------------------------------------------------
+
+
+def stamped(rd: RouteData, rate: float = 2.0) -> RouteData:
+    """The route with its exchanges sampled one after the other, `rate` a second."""
+    return replace(rd, timestamps=1_000.0 + np.arange(len(rd.shadow_latency)) / rate)
+
+
+def contended(n: int = 600) -> tuple[Array, Array]:
+    """Identical code; for a quarter of the run the shadow's machine is busy, 2.5x slower."""
+    primary, shadow = timings(n, seed=0)
+    shadow[n // 3 : n // 3 + n // 4] *= 2.5
+    return primary, shadow
+
+
+def test_a_burst_of_contention_widens_the_interval_instead_of_failing():
+    primary, shadow = contended()
+    _, lo, _ = hodges_lehmann(np.log(shadow / primary), 0.95)
+    assert lo > math.log(1.1)  # were the pairs independent, this would be a FAIL
+    v = judge([route(pairs=600, latency=(primary, shadow))])
+    c = check(v, "latency")
+    assert c.result == "INCONCLUSIVE" and "independent ones" in c.detail
+    assert check(v, "latency_p99").result != "FAIL"
+
+
+def test_pairs_are_judged_in_the_order_of_their_timestamps():
+    primary, shadow = contended()
+    in_order = stamped(route(pairs=600, latency=(primary, shadow)))
+    shuffle = np.random.default_rng(1).permutation(600)
+    assert in_order.timestamps is not None
+    shuffled = replace(
+        in_order,
+        primary_latency=primary[shuffle],
+        shadow_latency=shadow[shuffle],
+        timestamps=in_order.timestamps[shuffle],
+    )
+    assert judge([shuffled]).checks == judge([in_order]).checks
+    # Taken in the shuffled order, the burst is spread out: independent noise, and a FAIL.
+    alone = replace(shuffled, timestamps=None)
+    assert check(judge([alone]), "latency").result == "FAIL"
+
+
+def test_a_route_of_50_000_pairs_is_judged_in_well_under_a_second():
+    rd = stamped(route(pairs=50_000, ratio=1.05), rate=100.0)
+    judge([rd])
+    start = time.perf_counter()
+    v = judge([rd])
+    assert time.perf_counter() - start < 1.5  # ~0.25 s here, on a shared 2-core machine
+    assert check(v, "latency").result == "PASS" and check(v, "latency_p99").result == "PASS"
+
+
+# --- what would decide an INCONCLUSIVE check --------------------------------------------------
+
+
+def test_inconclusive_latency_says_how_many_pairs_would_decide_it():
+    c = check(judge([stamped(route(pairs=300, ratio=1.05, seed=16))]), "latency")
+    assert c.result == "INCONCLUSIVE" and c.ci is not None and c.value is not None
+    half, gap = math.log(c.ci[1] / c.value), math.log(1.1 / c.value)  # below: towards a PASS
+    assert c.needs == Needs(math.ceil(300 * (half / gap) ** 2) - 300, c.needs.pairs / 2.0)
+    assert c.detail.endswith(
+        f"; about {c.needs.pairs:,} more pairs (~{checks.duration(c.needs.seconds)} at the "
+        "current 2 pairs/s) should decide it"
+    )
+
+
+def test_the_pairs_asked_for_mostly_decide_it():
+    """Judged again with as many more pairs as asked (fresh ones, the same slowdown), most
+    INCONCLUSIVE runs pass or fail: the count is an estimate, not a promise."""
+    asked = decided = 0
+    for seed in range(40):
+        c = check(judge([route(pairs=300, ratio=1.05, seed=seed)]), "latency")
+        if c.result != "INCONCLUSIVE":
+            continue
+        assert c.needs is not None
+        more = route(pairs=300 + c.needs.pairs, ratio=1.05, seed=1000 + seed)
+        asked += 1
+        decided += check(judge([more]), "latency").result != "INCONCLUSIVE"
+    assert asked >= 10 and decided >= 0.6 * asked
+
+
+def test_a_small_route_needs_the_rest_of_min_pairs():
+    v = judge([stamped(route(pairs=20))])
+    assert {c.needs for c in v.checks} == {Needs(30, 15.0)}
+    small = check(v, "min_sample")
+    assert small.detail.endswith(
+        "about 30 more pairs (~15 s at the current 2 pairs/s) should decide it"
+    )
+    assert "should decide" not in check(v, "divergence_rate").detail  # its note says why already
+
+
+def test_p99_needs_its_own_minimum_of_timed_pairs():
+    primary, shadow = timings(400)
+    shadow[:200] = np.nan  # half the exchanges timed: they come at half the rate
+    c = check(judge([stamped(route(pairs=400, latency=(primary, shadow)))]), "latency_p99")
+    assert (c.result, c.needs) == ("INCONCLUSIVE", Needs(100, 100.0))
+
+
+def test_what_more_pairs_cannot_decide_has_no_needs():
+    untrusted = judge([stamped(route(pairs=400))], latency_note="timings were recorded")
+    assert {(c.id, c.needs) for c in untrusted.checks if c.result == "INCONCLUSIVE"} == {
+        ("latency", None),
+        ("latency_p99", None),
+    }
+    assert checks._to_decide(route(), 100, math.log(1.1), 0.0, 0.2, math.log(1.1)) is None
+    assert all(c.needs is None for c in judge([route()]).checks)  # decided: nothing needed
+
+
+def test_without_timestamps_the_wait_is_unknown():
+    assert {c.needs for c in judge([route(pairs=20)]).checks} == {Needs(30, None)}
+    (nothing,) = judge([]).checks
+    assert nothing.needs == Needs(50, None) and nothing.detail.endswith(
+        "about 50 more pairs should decide it"
+    )
+
+
+# --- which clock timed the baseline -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reference, words",
+    [
+        ("primary", "the primary's latency (a timed copy, same client)"),
+        ("proxy", "as mitmproxy timed it (its own queueing included"),
+        ("primary+proxy", "(primary and proxy clocks mixed)"),
+        (None, "the primary's latency ("),  # a run recorded before references were counted
+    ],
+)
+def test_the_latency_detail_names_the_baseline_and_its_clock(reference, words):
+    v = judge([replace(route(), reference=reference)], JudgeConfig())
+    assert words in check(v, "latency").detail
+
+
+def test_a_method_the_primary_copy_never_takes_says_why_it_has_no_pair():
+    empty = np.array([], dtype=np.float64)
+    posts = replace(route("POST /orders", latency=(empty, empty)), reference="primary")
+    detail = check(judge([posts], JudgeConfig()), "latency", "POST /orders").detail
+    assert detail.startswith("no latency pair: only GET, HEAD and OPTIONS get a timed copy")
+    gets = replace(route("GET /orders", latency=(empty, empty)), reference="primary")
+    assert check(judge([gets], JudgeConfig()), "latency", "GET /orders").detail.startswith("only 0")

@@ -164,3 +164,18 @@ def test_one_route_named_with_a_lone_surrogate_is_found(tmp_path):
         write(store, "GET /\udcff", 2)
         doc, _, _ = document(store, "r", cfg, only="GET /\udcff", live=True)
     assert [(r["route"], r["divergent"]) for r in doc["routes"]] == [("GET /\\udcff", 2)]
+
+
+def test_inconclusive_checks_say_what_would_decide_them_at_the_route_s_rate(tmp_path):
+    """The store's timestamps reach the judge: 20 exchanges sampled over 9.5 s need 30 more,
+    15 s of this traffic, before the route can be judged."""
+    cfg = config(tmp_path)
+    with SQLiteStore(cfg.store) as store:
+        sampled = [snapshot(f"f{i}", timestamp=1_000 + i / 2) for i in range(20)]
+        store.write("r", "i", [exchange(s, route="GET /a") for s in reversed(sampled)], {})
+        doc, _, verdict = document(store, "r", cfg, extras=False)
+    assert verdict.verdict == "INCONCLUSIVE"
+    assert {c["id"]: c["needs"] for c in doc["checks"]} == dict.fromkeys(
+        ("min_sample", "divergence_rate", "status_5xx", "shadow_errors", "latency"),
+        {"pairs": 30, "seconds": 15.0},
+    )

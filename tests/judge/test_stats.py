@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from factories import Array, timings
+from scipy.signal import lfilter
 from scipy.stats import norm
 
 from shadowdiff.judge import stats
@@ -145,3 +146,148 @@ def test_top_rank_is_the_p99_order_statistic():
     assert stats._top_rank(300) == 4  # 297th of 300 ascending
     assert stats._top_rank(100) == 2
     assert stats._top_rank(5000) == 51
+
+
+# --- time-correlated noise --------------------------------------------------------------------
+
+
+def ar1(n: int, phi: float, sd: float, rng: np.random.Generator) -> Array:
+    """A stationary AR(1) series of marginal standard deviation `sd` (200 steps burnt in)."""
+    steps = rng.normal(0.0, sd * math.sqrt(1 - phi * phi), n + 200)
+    return np.asarray(lfilter([1.0], [1.0, -phi], steps)[200:])
+
+
+def loaded(n: int, noise: str, seed: int, ratio: float = 1.0) -> tuple[Array, Array]:
+    """Paired timings on a busy machine, in time order: a per-request cost both sides share and
+    each side's own noise (log sd 0.25), i.i.d. ("iid"), slowly varying ("ar": AR(1) with
+    phi = 0.8, so tau = 9) or i.i.d. with contention ("bursts": about 10 stretches of 10 to 50
+    pairs in which one side, either, is 1.5 to 2.5 times slower); the shadow `ratio` times
+    slower."""
+    rng = np.random.default_rng(seed)
+    cost = rng.lognormal(math.log(0.05), 0.8, n)
+    if noise == "ar":
+        own = [ar1(n, 0.8, 0.25, rng) for _ in range(2)]
+    else:
+        own = [rng.normal(0.0, 0.25, n) for _ in range(2)]
+    if noise == "bursts":
+        for _ in range(rng.poisson(10)):
+            start, length = rng.integers(0, n), rng.integers(10, 50)
+            own[rng.integers(0, 2)][start : start + length] += math.log(rng.uniform(1.5, 2.5))
+    return cost * np.exp(own[0]), ratio * cost * np.exp(own[1])
+
+
+@pytest.mark.parametrize("phi", [0.5, 0.8])
+def test_dependence_of_ar1_is_its_autocorrelation_time(phi):
+    found = stats.dependence(ar1(20_000, phi, 1.0, np.random.default_rng(1)))
+    assert found.tau == pytest.approx((1 + phi) / (1 - phi), rel=0.1)
+    assert found.block > 10
+
+
+def test_dependence_of_independent_values_is_next_to_none():
+    found = [stats.dependence(np.random.default_rng(s).normal(size=1000)) for s in range(20)]
+    assert np.median([f.tau for f in found]) < 1.05
+    assert max(f.tau for f in found) < 1.3 and max(f.block for f in found) <= 3
+
+
+def test_dependence_of_short_or_constant_series_is_none():
+    assert stats.dependence(np.arange(19.0)) == stats.INDEPENDENT  # too short to tell
+    assert stats.dependence(np.full(500, 0.3)) == stats.INDEPENDENT
+    assert stats.dependence(np.arange(500.0)).tau > 10  # a trend is one long correlation
+
+
+def test_hajek_projection_matches_brute_force():
+    x = np.random.default_rng(4).standard_t(3, 60)
+    est, _, _ = hodges_lehmann(x, 0.95)
+    brute = np.sign(x[:, None] + x[None, :] - 2 * est).mean(axis=1)
+    assert stats._hajek(x, est) == pytest.approx(brute, abs=1e-12)
+
+
+def test_shift_on_independent_pairs_is_the_signed_rank_interval():
+    widths = []
+    for seed in range(40):
+        primary, shadow = loaded(300, "iid", seed)
+        x = np.log(shadow / primary)
+        est, lo, hi = hodges_lehmann(x, 0.95)
+        found = stats.shift(x, 0.95)
+        assert found.estimate == est
+        assert found.low <= lo + 1e-12 and found.high >= hi - 1e-12
+        widths.append((found.high - found.low) / (hi - lo))
+    assert np.median(widths) < 1.05 and max(widths) < 1.35
+
+
+@pytest.mark.parametrize("noise", ["ar", "bursts"])
+def test_shift_covers_identical_code_under_correlated_noise(noise):
+    """Identical code on a busy machine: the i.i.d. interval misses a ratio of 1 in about half
+    of the runs; widened for the time correlation, it covers it as promised."""
+    naive = covered = false_fails = 0
+    for seed in range(200):
+        primary, shadow = loaded(1000, noise, 5000 + seed)
+        x = np.log(shadow / primary)
+        _, lo, hi = hodges_lehmann(x, 0.95)
+        found = stats.shift(x, 0.95)
+        naive += lo <= 0 <= hi
+        covered += found.low <= 0 <= found.high
+        false_fails += found.low > math.log(1.1)
+    assert naive / 200 < 0.6
+    assert covered / 200 >= 0.93
+    assert false_fails == 0
+
+
+def test_shift_still_detects_a_slowdown_under_correlated_noise():
+    found = [
+        stats.shift(np.log(s / p), 0.95) for p, s in (loaded(500, "ar", i, 1.3) for i in range(20))
+    ]
+    assert sum(f.low > math.log(1.1) for f in found) >= 19
+
+
+def full_block_bootstrap(
+    shadow: Array, baseline: Array, block: int, resamples: int = 4000
+) -> tuple[float, float]:
+    """The circular block bootstrap CI of the p99 ratio, every resample drawn in full."""
+    n = len(shadow)
+    blocks = round(n / block)
+    size = blocks * block
+    m = stats._top_rank(size)
+    starts = np.random.default_rng(11).integers(0, n, (resamples, blocks))
+    rows = ((starts[:, :, None] + np.arange(block)) % n).reshape(resamples, size)
+    log_ratios = np.log(
+        np.sort(shadow[rows], axis=1)[:, size - m] / np.sort(baseline[rows], axis=1)[:, size - m]
+    )
+    lo, hi = np.exp(np.quantile(log_ratios, [0.025, 0.975]))
+    return float(lo), float(hi)
+
+
+@pytest.mark.parametrize("block", [7, 40, 133])
+def test_p99_block_bootstrap_equals_a_full_block_bootstrap(monkeypatch, block):
+    monkeypatch.setattr(stats, "_BOOTSTRAP_RESAMPLES", 4000)
+    primary, shadow = loaded(400, "bursts", 3)
+    _, lo, hi = p99_ratio_bootstrap(shadow, primary, 0.95, block)
+    assert (lo, hi) == pytest.approx(full_block_bootstrap(shadow, primary, block), rel=0.03)
+
+
+def test_p99_block_bootstrap_completes_resamples_short_of_the_tail(monkeypatch):
+    """The slowest pairs all in one burst: with the tail kept at its i.i.d. size, one resample
+    in 25 misses the burst and holds fewer than m tail pairs; computed in full, they still give
+    the full bootstrap's interval (whose lower end lies among them, hence the many resamples)."""
+    monkeypatch.setattr(stats, "_BOOTSTRAP_RESAMPLES", 20_000)
+    monkeypatch.setattr(stats, "_TAIL_SD", -math.inf)  # never grow the kept tail
+    primary, shadow = loaded(600, "iid", 8)
+    shadow[300:450] *= 20.0
+    m = stats._top_rank(600)
+    assert set(stats._tail(shadow, 100, 6, m)) <= set(range(300, 450))
+    _, lo, hi = p99_ratio_bootstrap(shadow, primary, 0.95, 100)
+    assert (lo, hi) == pytest.approx(full_block_bootstrap(shadow, primary, 100, 20_000), rel=0.03)
+
+
+def test_p99_blocks_widen_the_interval_for_bursts():
+    """Three stretches of 40 pairs with a 4x slower shadow, in 3,000: pairs resampled one by
+    one put the p99 ratio above 1.25 for sure; resampled in blocks, it may well be noise."""
+    primary, shadow = timings(3000, seed=4)
+    for start in (500, 1500, 2500):
+        shadow[start : start + 40] *= 4.0
+    block = stats.shift(np.log(shadow / primary), 0.95).dependence.block
+    _, lo1, hi1 = p99_ratio_bootstrap(shadow, primary, 0.95)
+    _, lo, hi = p99_ratio_bootstrap(shadow, primary, 0.95, block)
+    assert block > 20
+    assert lo1 > 1.25 > lo
+    assert math.log(hi / lo) > 1.3 * math.log(hi1 / lo1)

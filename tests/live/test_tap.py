@@ -221,3 +221,57 @@ async def test_a_worker_that_keeps_dying_is_started_again_then_given_up(
     assert "traffic passes through unmirrored" in deaths[-1].getMessage()
     assert tap.counts[WORKER_RESTARTS] == 2 and tap.writer is None
     assert tap.counts["dropped.worker_down"] == 1 and imbalance(dict(tap.counts)) == []
+
+
+async def clocked_run(tmp_path: Path, primary: Backend, shadow: Backend, reference: str) -> dict:
+    """A GET and a POST through the hooks and a real worker, with `latency.reference`; the
+    primary's recorded latency per method."""
+    config = tmp_path / f"{reference}.yaml"
+    config.write_text(
+        f"primary: {primary.url}\nshadow: {shadow.url}\nrun: clock\n"
+        f"latency:\n  reference: {reference}\n"
+        "sampling:\n  rate: 1\n  methods: [GET, POST]\n"
+    )
+    store = tmp_path / f"{reference}.db"
+    tap = ShadowDiff()
+    with taddons.context(tap) as tctx:
+        run_with_worker(tctx, tap, store, shadowdiff_config=str(config), shadowdiff_control="off")
+        assert await asyncio.wait_for(tap.writer.ready, 30)
+        get, post = request_flow(), request_flow()
+        post.request.method, post.request.content = "POST", b"{}"
+        for flow in (get, post):
+            tap.request(flow)
+            flow.response = tutils.tresp(content=b'{"path": "/path"}')  # 2 s after the request
+            tap.response(flow)
+        await asyncio.sleep(0.5)
+        tctx.master.should_exit.set()
+        tap.done()
+    with SQLiteStore(store, create=False) as s:
+        return {x.request.method: x.primary.latency for x in s.exchanges("clock")}
+
+
+async def test_a_request_no_copy_times_has_no_primary_latency(tmp_path, primary, shadow):
+    """Reference `primary`: the proxy's span is never paired with the copies' clock; a POST,
+    which gets no timed copy, has no latency; the GET's copy went to the primary."""
+    latencies = await clocked_run(tmp_path, primary, shadow, "primary")
+    assert latencies["POST"] is None and latencies["GET"] is not None
+    assert [m for m, *_ in primary.seen] == ["GET"]
+
+
+async def test_reference_proxy_keeps_the_proxys_span(tmp_path, primary, shadow):
+    latencies = await clocked_run(tmp_path, primary, shadow, "proxy")
+    assert latencies == {"GET": 2.0, "POST": 2.0} and primary.seen == []
+
+
+def test_a_reference_the_config_cannot_give_is_one_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("shadow: http://127.0.0.1:1\nlatency:\n  reference: primary\n")
+    tap = ShadowDiff()
+    with (
+        taddons.context(tap) as tctx,
+        pytest.raises(
+            exceptions.OptionsError,
+            match=r"^shadowdiff: .*c\.yaml: latency: reference primary needs the primary's URL",
+        ),
+    ):
+        tctx.configure(tap, shadowdiff_config=str(config))

@@ -43,6 +43,11 @@ def test_round_trip(tmp_path):
         assert store.counts("r1") == {"recorded": 2, "seen": 8}  # latest per instance, summed
         got = list(store.exchanges("r1"))
         assert got == [exchange(1), exchange(2, secondary=True)]
+        # A failed side has no latency; every exchange has the time it was sampled.
+        assert list(store.outcome_rows("r1")) == [
+            ("POST /u/{id}", 200, None, 0.01, None, "timeout", None, None, 11.0),
+            ("POST /u/{id}", 200, None, 0.01, None, "timeout", None, 0.02, 12.0),
+        ]
         assert store.routes("r1") == {
             "POST /u/{id}": {
                 "exchanges": 2,

@@ -1,8 +1,11 @@
-"""Sending copies to real services on loopback: headers, bodies, and every failure kind."""
+"""Sending copies to real services on loopback: headers, bodies, every failure kind, and the
+one clock: where the copies go, in which order, and from which moment they are timed."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import time
 
 import pytest
 from aiohttp import web
@@ -11,8 +14,9 @@ from helpers import free_port
 
 from conftest import Backend, serve_app
 from shadowdiff.config import Mirror as MirrorConfig
-from shadowdiff.model import RequestSnapshot
-from shadowdiff.worker.mirror import Mirror, Unsendable, copy_headers
+from shadowdiff.config import load_config
+from shadowdiff.model import Outcome, RequestSnapshot
+from shadowdiff.worker.mirror import Mirror, Unsendable, copy_headers, plan, timed_by_copy
 
 
 def request(path: str = "/x?a=1", body: bytes = b"", headers=None) -> RequestSnapshot:
@@ -166,3 +170,97 @@ async def test_a_copy_the_client_refuses_to_build_is_unsendable(header, shadow: 
     finally:
         await mirror.close()
     assert shadow.seen == []
+
+
+def config(**overrides: str):
+    return load_config(None, {"shadow": "http://127.0.0.1:1", **overrides})
+
+
+def test_copies_go_out_in_a_random_order():
+    """A/A runs read the second-sent side 6 % slower: neither side may always be second."""
+    cfg = config(secondary="http://127.0.0.1:2")
+    targets = {"shadow": cfg.shadow, "secondary": cfg.secondary}
+    firsts = {plan(cfg, targets, "GET", live=True)[0][0][0] for _ in range(200)}
+    assert firsts == {"shadow", "secondary"}
+
+
+@pytest.mark.parametrize(
+    "overrides, method, live, reference, copied",
+    [
+        ({"secondary": "http://127.0.0.1:2"}, "POST", True, "secondary", False),
+        ({"primary": "http://127.0.0.1:3"}, "GET", True, "primary", True),
+        ({"primary": "http://127.0.0.1:3"}, "HEAD", True, "primary", True),
+        ({"primary": "http://127.0.0.1:3"}, "POST", True, None, False),
+        (
+            {"primary": "http://127.0.0.1:3", "latency.reference": "proxy"},
+            "GET",
+            True,
+            "proxy",
+            False,
+        ),
+        ({}, "GET", True, "proxy", False),  # the primary's URL unknown (`mitmdump -s`)
+        ({"primary": "http://127.0.0.1:3"}, "POST", False, "primary", False),  # a replay
+    ],
+)
+def test_plan_names_what_times_the_baseline(overrides, method, live, reference, copied):
+    cfg = config(**overrides)
+    targets = {"shadow": cfg.shadow} | ({"secondary": cfg.secondary} if cfg.secondary else {})
+    copies, timed = plan(cfg, targets, method, live)
+    assert timed == reference
+    assert ("primary", "http://127.0.0.1:3") in copies if copied else "primary" not in dict(copies)
+    assert set(dict(copies)) - {"primary"} == set(targets)
+
+
+def test_the_primary_on_its_copy_clock():
+    live = Outcome(200, [], b"{}", latency=0.5)
+    assert timed_by_copy(live, None) is live
+    assert timed_by_copy(live, Outcome(200, [], b"{}", latency=0.02)).latency == 0.02
+    failed = timed_by_copy(live, Outcome(error="timeout", latency=5.0))
+    assert failed.latency is None and (failed.status, failed.body) == (200, b"{}")
+
+
+async def test_waiting_for_a_pooled_connection_is_no_latency(shadow: Backend):
+    """The clock starts when the request goes out: copies queued for one of the pool's two
+    connections (max_in_flight 1) are timed like the others, about the service's delay."""
+    shadow.delay = 0.15
+    mirror = Mirror(MirrorConfig(max_in_flight=1))
+    started = time.perf_counter()
+    try:
+        outcomes = await asyncio.gather(*(mirror.send(shadow.url, request()) for _ in range(4)))
+    finally:
+        await mirror.close()
+    assert time.perf_counter() - started > 0.28  # two rounds of two: the last two did wait
+    assert all(o.status == 200 for o in outcomes)
+    assert max(o.latency for o in outcomes) < 0.25, [o.latency for o in outcomes]
+    assert min(o.latency for o in outcomes) >= 0.15
+
+
+async def test_a_body_is_timed_once_it_is_sent(shadow: Backend):
+    shadow.delay = 0.05
+    mirror = Mirror(MirrorConfig())
+    try:
+        outcome = await mirror.send(shadow.url, request(body=b"x" * 300_000))
+    finally:
+        await mirror.close()
+    assert outcome.status == 200 and 0.05 <= outcome.latency < 0.15
+    assert len(shadow.seen[0][3]) == 300_000
+
+
+async def test_a_copy_out_while_the_loop_stalled_is_not_timed(shadow: Backend):
+    """Both copies of a pair read late alike on a starved worker: their ratio drifts to 1 and
+    a slowdown can PASS (bench/judgement.py --busy saw two). A copy in flight while the loop
+    stalled for more than LAG_SHARE of its time gets no latency, so it is left unjudged."""
+    shadow.delay = 0.05
+    mirror = Mirror(MirrorConfig())
+
+    async def stall() -> None:
+        await asyncio.sleep(0.01)
+        time.sleep(0.05)  # the loop held, as a starved worker's is
+
+    try:
+        calm = await mirror.send(shadow.url, request())
+        stalled, _ = await asyncio.gather(mirror.send(shadow.url, request()), stall())
+    finally:
+        await mirror.close()
+    assert calm.status == 200 and calm.latency is not None and calm.latency >= 0.05
+    assert stalled.status == 200 and stalled.latency is None

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 
-from conftest import Backend
-from shadowdiff.channel import PrimaryResult, Setup, TapCounts
+import orjson
+from helpers import free_port
+
+from conftest import LONG_LIST, Backend
+from shadowdiff.channel import Control, PrimaryResult, Setup, TapCounts
 from shadowdiff.config import load_config
 from shadowdiff.counts import imbalance
+from shadowdiff.faces import Alerter
 from shadowdiff.model import Outcome, RequestSnapshot
 from shadowdiff.store import SQLiteStore
 from shadowdiff.worker import worker as worker_module
+from shadowdiff.worker.switch import Switch
 from shadowdiff.worker.worker import Worker
 
 
@@ -181,3 +188,115 @@ async def test_a_store_that_refuses_writes_fails_health_and_the_end_says_so(
     assert final.stale and final.unwritten == 20
     assert final.counts["dropped.store"] == 20 and final.counts["seen"] == 20
     assert imbalance(final.counts) == []
+
+
+async def test_stopping_compares_what_it_holds_for_a_bounded_time_and_counts_the_rest(
+    tmp_path, shadow: Backend
+):
+    """Soak: exchanges slow to compare (lists that differ at every index) pile up faster than
+    they are compared; at the stop the worker compares for `analysis` seconds, counts the rest
+    as dropped.shutdown and writes balanced books, long before the tap would kill it."""
+    shadow.mode = "list"
+    worker = make_worker(tmp_path, shadow.url)
+    listed = Outcome(
+        200, [(b"Content-Type", b"application/json")], orjson.dumps(list(range(LONG_LIST))), 0.01
+    )
+    n = 40  # about 4 s to compare them all
+    for i in range(n):
+        worker.on_record(snapshot(i))
+        worker.on_record(PrimaryResult(f"f{i}", listed))
+    while len(worker.batch) < n:
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    worker.on_record(TapCounts("test:1", {"seen": n, "sampled": n}))
+    final = await worker.shutdown(analysis=0.5)
+    took = time.monotonic() - started
+    counts = worker.store.counts("w")
+    worker.store.close()
+    assert took < 2.5, took
+    assert 0 < counts["recorded"] < n and counts["dropped.shutdown"] == n - counts["recorded"]
+    assert counts["divergent"] == counts["recorded"]
+    assert imbalance(counts) == [] and final.counts == counts
+
+
+async def test_samples_beyond_what_the_comparisons_can_take_are_dropped_before_mirroring(
+    tmp_path, shadow: Backend, monkeypatch
+):
+    """Soak: when comparing falls behind, the samples past what a stop could still compare are
+    dropped at once as `busy`, their copies never sent, instead of piling up for the stop."""
+    monkeypatch.setattr(worker_module, "BUSY_MIN", 10)
+    worker = make_worker(tmp_path, shadow.url)
+    for i in range(10):
+        worker.on_record(snapshot(i))
+        worker.on_record(primary(i))
+    while len(worker.batch) < 10:
+        await asyncio.sleep(0.05)
+    for i in range(10, 30):
+        worker.on_record(snapshot(i))
+    assert len(shadow.seen) == 10
+    counts = await finish(worker, {"seen": 30, "sampled": 30})
+    assert counts["recorded"] == 10 and counts["dropped.busy"] == 20
+    assert imbalance(counts) == []
+
+
+def live_worker(tmp_path, shadow_url: str, **options: object) -> Worker:
+    """A worker as the proxy's composition root builds it: with a switch."""
+    cfg = load_config(
+        None, {"shadow": shadow_url, "store": str(tmp_path / "w.db"), "run": "w", **options}
+    )
+    worker = Worker(Setup(cfg, "test:1"), SQLiteStore(cfg.store))
+    alerter = Alerter(cfg.alerts, cfg.run, Counter())
+    worker.switch = Switch(cfg, Control(False, None), lambda _: None, alerter)
+    return worker
+
+
+async def feed(worker: Worker, *methods: str) -> dict[str, int]:
+    for i, method in enumerate(methods):
+        worker.on_record(RequestSnapshot(f"f{i}", method, f"/items/{i}", [], b"", 1.0))
+        worker.on_record(primary(i))
+    await asyncio.sleep(0.3)
+    return await finish(worker, {"seen": len(methods), "sampled": len(methods)})
+
+
+async def test_without_a_secondary_the_primary_gets_a_timed_copy_of_safe_requests(
+    tmp_path, shadow: Backend
+):
+    """`latency.reference` primary (the default with `primary` and no secondary): a GET's copy
+    goes to the primary too, marked as a copy; a POST's does not (it has no latency pair)."""
+    live = await Backend("primary").start()
+    worker = live_worker(tmp_path, shadow.url, primary=live.url)
+    counts = await feed(worker, "GET", "POST")
+    await live.stop()
+    assert [(m, p) for m, p, _, _ in live.seen] == [("GET", "/items/0")]
+    assert live.seen[0][2]["X-Shadowdiff"] == "shadow"
+    assert len(shadow.seen) == 2 and counts["recorded"] == 2
+    assert counts["latency_reference.primary"] == 1 and imbalance(counts) == []
+
+
+async def test_a_replay_worker_leaves_the_primary_to_the_replayer(tmp_path, shadow: Backend):
+    """A replay (no switch) calls the primary itself, on the copies' clock: no copy goes there."""
+    live = await Backend("primary").start()
+    cfg = load_config(
+        None,
+        {"shadow": shadow.url, "primary": live.url, "store": str(tmp_path / "w.db"), "run": "w"},
+    )
+    worker = Worker(Setup(cfg, "replay:1"), SQLiteStore(cfg.store))
+    counts = await feed(worker, "GET", "GET")
+    await live.stop()
+    assert live.seen == [] and counts["latency_reference.primary"] == 2
+
+
+async def test_a_failing_primary_copy_is_counted_and_trips_nothing(tmp_path, shadow: Backend):
+    worker = live_worker(tmp_path, shadow.url, primary=f"http://127.0.0.1:{free_port()}")
+    counts = await feed(worker, "GET", "GET", "GET")
+    assert counts["recorded"] == 3 and counts["primary_error.connect"] == 3
+    assert set(worker.breakers) == {"shadow"} and worker.breakers["shadow"].state == "closed"
+
+
+async def test_with_a_secondary_it_is_the_reference(tmp_path, shadow: Backend):
+    secondary = await Backend("secondary").start()
+    # the primary's URL is the shadow's here: a copy sent there would show in shadow.seen
+    worker = live_worker(tmp_path, shadow.url, secondary=secondary.url, primary=shadow.url)
+    counts = await feed(worker, "GET")
+    await secondary.stop()
+    assert counts["latency_reference.secondary"] == 1 and len(shadow.seen) == 1

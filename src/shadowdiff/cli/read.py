@@ -42,14 +42,14 @@ def _one_run(store: Store, store_path: str, run_name: str | None) -> str:
 @options(
     STORE_PATH,
     RUN.but(help="Run name [every run in the store]."),
-    CONFIG.but(help="Config file whose noise thresholds apply."),
+    CONFIG.but(help="Config file whose noise thresholds and judge.confidence apply."),
 )
 @click.option("--fields", default=5, show_default=True, help="Divergent fields shown per route.")
 def summary(store_path: str, run_name: str | None, config_path: str | None, fields: int) -> None:
     """Print what each run saw and recorded, and where the shadow diverges, by route."""
     from shadowdiff.judge import findings
 
-    noise_cfg = face_config(config_path).noise
+    cfg = face_config(config_path)
     with open_store(store_path, create=False) as store:
         for run in _runs(store, store_path, run_name):
             counts = store.counts(run)
@@ -58,12 +58,20 @@ def summary(store_path: str, run_name: str | None, config_path: str | None, fiel
                 click.echo(f"  not eligible ({reason}): {n}")
             for problem in imbalance(counts):
                 click.echo(f"  accounting: {problem}")
-            for found in findings(store.routes(run), store.divergence_rows(run), noise_cfg):
+            found_all = findings(
+                store.routes(run),
+                store.divergence_rows(run),
+                cfg.noise,
+                confidence=cfg.judge.confidence,
+            )
+            for found in found_all:
                 click.echo(
                     f"  {found.route}: {found.exchanges} exchanges: {found.matched} matched, "
                     f"{found.ignored} ignored, {found.noisy} noise only, "
                     f"{found.divergent} divergent"
                 )
+                if found.note and found.fields:
+                    click.echo(f"      ({found.note})")
                 for f in found.fields[:fields]:
                     note = f", secondary {f.noise_count} (noise)" if f.noise else ""
                     click.echo(f"      {f.path} {f.kind}: {f.count}{note}")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import brotli
+import brotlicffi
 import orjson
 import zstandard
 
@@ -28,7 +28,7 @@ _ZSTD_STEP = 128
 """Input bytes fed to zstd at once: a zstd block (3-byte header, 1 byte RLE) yields at most
 128 KiB, so one step yields at most 4 MiB."""
 _BROTLI_STEP = 1024 * 1024
-"""Output bytes Brotli >= 1.2 is asked for at once (it may return about twice that)."""
+"""Output bytes brotlicffi is asked for at once (and returns at most)."""
 
 JSON, FORM, HTML, XML, TEXT, BINARY = "json", "form", "html", "xml", "text", "binary"
 UNDECODABLE, TOO_LARGE = "undecodable", "too_large"
@@ -123,26 +123,17 @@ def _zstd(data: bytes) -> bytes:
 
 
 def _brotli(data: bytes) -> bytes:
-    """Brotli, stopped past MAX_DECODED. Brotli 1.2 (mitmproxy 12) limits each call's output;
-    Brotli 1.1 (pinned by mitmproxy 11) cannot, so it is fed one byte at a time: a byte
-    completes at most one meta-block, at most 16 MiB of output."""
-    decompressor = brotli.Decompressor()
-    out = bytearray()
-    if hasattr(decompressor, "can_accept_more_data"):
-        out += decompressor.process(data, output_buffer_limit=_BROTLI_STEP)
-        while not decompressor.is_finished():
-            _check(out)
-            step = decompressor.process(b"", output_buffer_limit=_BROTLI_STEP)
-            if not step:
-                break  # it waits for input that will never come: truncated
-            out += step
-    else:
-        for start in range(len(data)):
-            out += decompressor.process(data[start : start + 1])
-            _check(out)
+    """Brotli, stopped past MAX_DECODED: brotlicffi 1.2 limits each call's output, which the
+    Brotli module mitmproxy 11 pins (1.1) cannot."""
+    decompressor = brotlicffi.Decompressor()
+    out = bytearray(decompressor.process(data, output_buffer_limit=_BROTLI_STEP))
+    while not decompressor.is_finished():
+        _check(out)
+        step = decompressor.process(b"", output_buffer_limit=_BROTLI_STEP)
+        if not step:
+            raise ValueError("truncated")  # it waits for input that will never come
+        out += step
     _check(out)
-    if not decompressor.is_finished():
-        raise ValueError("truncated")
     return bytes(out)
 
 
@@ -167,7 +158,7 @@ def decode(data: bytes, encoding: str) -> tuple[bytes, str | None]:
             decoded = _DECODERS[step](decoded)
     except _TooLarge:
         return data, TOO_LARGE
-    except (ValueError, OSError, EOFError, zlib.error, brotli.error, zstandard.ZstdError):
+    except (ValueError, OSError, EOFError, zlib.error, brotlicffi.error, zstandard.ZstdError):
         return data, UNDECODABLE
     except MemoryError:
         return data, TOO_LARGE

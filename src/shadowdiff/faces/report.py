@@ -101,6 +101,9 @@ def render_markdown(doc: VerdictDocument) -> str:
         "### Checks not passing",
         "",
     ]
+    deciding = _deciding(doc.get("checks", []))
+    if deciding:
+        lines += [md_escape(deciding), ""]
     failing = _failing(doc.get("checks", []))
     if failing:
         lines += _md_table(
@@ -174,7 +177,15 @@ def render_markdown(doc: VerdictDocument) -> str:
     )
     if timed:
         lines += _md_table(
-            ["route", "p50 primary", "p50 shadow", "p99 primary", "p99 shadow", "ratio (95 % CI)"],
+            [
+                "route",
+                "p50 primary",
+                "p50 shadow",
+                "p99 primary",
+                "p99 shadow",
+                "ratio (95 % CI)",
+                "vs",
+            ],
             [_latency_row(r) for r in timed],
         )
     else:
@@ -206,6 +217,7 @@ def render_html(doc: VerdictDocument, extras: Extras) -> str:
             counts=[(k, v) for k, v in counts.items() if not isinstance(v, Mapping)],
             reasons=[(k, v) for k, v in counts.items() if isinstance(v, Mapping)],
             failing=_failing(checks),
+            deciding=_deciding(checks),
             checks=checks,
             routes=views,
             by_rate=sorted(views, key=lambda v: -(v["route"].get("divergence_rate") or 0)),
@@ -234,6 +246,33 @@ def _failing(checks: Iterable[CheckRow]) -> list[CheckRow]:
     order = {"FAIL": 0, "INCONCLUSIVE": 1}
     bad = [c for c in checks if c.get("result") in order]
     return sorted(bad, key=lambda c: (order[c["result"]], not c.get("critical")))
+
+
+def _deciding(checks: Iterable[CheckRow]) -> str | None:
+    """How long until every INCONCLUSIVE check can pass or fail: the longest of their waits at
+    their routes' current rates (the routes run side by side), and which more pairs won't
+    decide; None when nothing is inconclusive."""
+    from shadowdiff.judge import duration
+
+    waiting = [c for c in checks if c.get("result") == "INCONCLUSIVE"]
+    if not waiting:
+        return None
+    needs = [n for c in waiting if (n := c.get("needs"))]
+    stuck = len(waiting) - len(needs)
+    parts = []
+    if needs:
+        which = "every inconclusive check" if not stuck else f"{len(needs)} of them"
+        seconds = [n["seconds"] for n in needs]
+        if None in seconds:
+            most = max(n["pairs"] for n in needs)
+            parts.append(f"Up to {most:,} more pairs per route should decide {which}.")
+        else:
+            wait = duration(max(s for s in seconds if s is not None))
+            parts.append(f"About {wait} more at the current rates should decide {which}.")
+    if stuck:
+        what = f"{stuck} inconclusive check{'' if stuck == 1 else 's'}"
+        parts.append(f"More pairs alone would not decide {what} (see their details).")
+    return " ".join(parts)
 
 
 def _counts_line(counts: Mapping[str, Any]) -> str:
@@ -265,6 +304,7 @@ def _latency_row(route: RouteRow) -> list[str]:
         _ms(primary.get("p99")),
         _ms(shadow.get("p99")),
         _ratio(lat.get("ratio"), lat.get("ci")),
+        str(lat.get("baseline") or ""),
     ]
 
 

@@ -1,6 +1,7 @@
-"""The verdict: statistics and checks (pure), noise (Diffy's rule), and the evidence that
-reads the store for them and builds the verdict document. `checks` and `evidence` import
-scipy: the names load lazily, so `summary` (noise only) and the worker stay fast."""
+"""The verdict: statistics and checks (pure), noise (Fisher's test with Diffy's floor), and the
+evidence that reads the store for them and builds the verdict document. scipy loads only where
+a judgement needs it: the names load lazily, so the worker and `summary` of a run without a
+secondary stay fast."""
 
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
         JudgeConfig,
         RouteData,
         Verdict,
+        duration,
         judge,
     )
     from shadowdiff.judge.evidence import document, shown_examples
@@ -28,12 +30,22 @@ __all__ = [
     "RouteFindings",
     "Verdict",
     "document",
+    "duration",
     "findings",
     "judge",
     "shown_examples",
     "suggest_ignores",
 ]
-_CHECKS = ("FAIL", "INCONCLUSIVE", "PASS", "JudgeConfig", "RouteData", "Verdict", "judge")
+_CHECKS = (
+    "FAIL",
+    "INCONCLUSIVE",
+    "PASS",
+    "JudgeConfig",
+    "RouteData",
+    "Verdict",
+    "duration",
+    "judge",
+)
 __getattr__ = exports(
     __name__,
     {

@@ -6,7 +6,15 @@ and too little data is INCONCLUSIVE, never PASS. The methods behind the interval
 are in `shadowdiff.judge.stats`.
 
 Every CI is two-sided at `confidence`; a FAIL needs the whole interval beyond the threshold,
-so a false alarm has probability at most (1 - confidence) / 2 per check.
+so a false alarm has probability at most (1 - confidence) / 2 per check. Latency intervals
+take the pairs in time order and widen for time-correlated noise (stats.py says how), so a
+burst of contention makes a check INCONCLUSIVE rather than FAIL.
+
+An INCONCLUSIVE check says what would decide it (`Needs`): how many more pairs, and how long
+that takes at the route's rate so far. For an interval that straddles the threshold, its
+half-width on the threshold's side shrinks as 1 / sqrt(n) (the time correlation taken as it
+is), so about n * (half-width / distance)^2 pairs bring it inside the distance between the
+estimate and the threshold, if the estimate holds; a route below `min_pairs` needs the rest.
 """
 
 from __future__ import annotations
@@ -17,12 +25,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from shadowdiff.judge.stats import hodges_lehmann, newcombe, p99_ratio_bootstrap, wilson
+from shadowdiff.config import Latency
+from shadowdiff.judge.stats import newcombe, p99_ratio_bootstrap, shift, wilson
 
 PASS = "PASS"
 FAIL = "FAIL"
 INCONCLUSIVE = "INCONCLUSIVE"
 _RANK = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
+_HOPELESS = 100
+"""Times the pairs so far beyond which more pairs are as good as never: no count is given (the
+estimate sits on the threshold, and a wait of years helps nobody)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,22 @@ class RouteData:
     primary_latency: npt.NDArray[np.float64]
     shadow_latency: npt.NDArray[np.float64]
     secondary_latency: npt.NDArray[np.float64] | None
+    timestamps: npt.NDArray[np.float64] | None = None
+    """When each exchange was sampled (epoch seconds), in the order of the latency arrays:
+    pairs are judged in time order and the route's rate comes from them. None: the arrays
+    are in time order, and no rate is known."""
+    reference: str | None = None
+    """What timed the baseline (`latency.reference`: secondary, primary, proxy; several joined
+    by `+` when a fleet mixed them); None for runs recorded before it was counted."""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What would decide an INCONCLUSIVE check: about `pairs` more of what its `n` counts,
+    and the `seconds` that takes at the route's rate so far (None without a rate)."""
+
+    pairs: int
+    seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -68,6 +96,7 @@ class Check:
     ci: tuple[float, float] | None
     critical: bool = False
     detail: str = ""
+    needs: Needs | None = None
 
 
 @dataclass(frozen=True)
@@ -176,20 +205,52 @@ def _errors_check(rd: RouteData, cfg: JudgeConfig) -> Check:
     )
 
 
-def _latency_pairs(rd: RouteData) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], str]:
-    """Shadow and baseline timings of the usable pairs; the secondary is the baseline if any.
+_BASELINES = {
+    "secondary": "the secondary's latency",
+    "primary": "the primary's latency (a timed copy, same client)",
+    "proxy": (
+        "the primary's latency as mitmproxy timed it (its own queueing included: biased low "
+        "under load)"
+    ),
+}
+"""How a latency check names its baseline, by `latency.reference`."""
 
-    The secondary is timed by the same client as the shadow, the primary by another path, so
-    shadow vs secondary is the fairer comparison.
-    """
+
+def baseline(rd: RouteData) -> str:
+    """The words for what the shadow's latency was compared with, and on which clock."""
+    if rd.reference in _BASELINES:
+        return _BASELINES[rd.reference]
+    if rd.reference:  # a fleet that mixed references
+        return f"the baseline's latency ({rd.reference.replace('+', ' and ')} clocks mixed)"
+    return (
+        "the secondary's latency" if rd.secondary_latency is not None else "the primary's latency"
+    )
+
+
+def _no_pair(rd: RouteData, n: int, needed: int, what: str = "") -> str:
+    """Why a route has too few latency pairs: a method the primary's timed copy never takes."""
+    if n == 0 and rd.reference == "primary" and rd.route.split(" ", 1)[0] not in Latency.COPIED:
+        return (
+            "no latency pair: only GET, HEAD and OPTIONS get a timed copy to the primary; "
+            "configure a secondary"
+        )
+    return f"only {n} pairs with both timings; {needed} needed{what}"
+
+
+def _latency_pairs(rd: RouteData) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], str]:
+    """Shadow and baseline timings of the usable pairs, in time order; the secondary is the
+    baseline if any (then also the reference: the config refuses another with one)."""
     if rd.secondary_latency is not None:
         base, name = np.asarray(rd.secondary_latency, dtype=np.float64), "secondary"
     else:
         base, name = np.asarray(rd.primary_latency, dtype=np.float64), "primary"
     shadow = np.asarray(rd.shadow_latency, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(shadow) & np.isfinite(base) & (shadow > 0) & (base > 0)
-    return shadow[ok], base[ok], name
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ok = (shadow > 0) & (base > 0) & np.isfinite(np.log(shadow / base))
+    rows = np.flatnonzero(ok)
+    if rd.timestamps is not None:
+        rows = rows[np.argsort(np.asarray(rd.timestamps)[rows], kind="stable")]
+    return shadow[rows], base[rows], name
 
 
 def _decide(lo: float, hi: float, limit: float) -> str:
@@ -199,68 +260,148 @@ def _decide(lo: float, hi: float, limit: float) -> str:
     return PASS if hi < limit else INCONCLUSIVE
 
 
+def _rate(rd: RouteData) -> float | None:
+    """The route's exchanges per second so far, from their timestamps; None without a span."""
+    if rd.timestamps is None or len(rd.timestamps) < 2:
+        return None
+    span = float(np.max(rd.timestamps) - np.min(rd.timestamps))
+    return (len(rd.timestamps) - 1) / span if span > 0 else None
+
+
+def _needs(rd: RouteData, more: int, n: int) -> Needs:
+    """`more` of what a check's `n` counts, and how long they take: the route's rate, scaled
+    by the share of its exchanges that count (n of them)."""
+    rate = _rate(rd)
+    counted = len(rd.timestamps) if rd.timestamps is not None else 0
+    if rate is None or n <= 0 or counted <= 0:
+        return Needs(more, None)
+    return Needs(more, more / (rate * min(1.0, n / counted)))
+
+
+def _to_decide(
+    rd: RouteData, n: int, estimate: float, lo: float, hi: float, limit: float
+) -> Needs | None:
+    """More pairs until the half-width facing `limit`, shrinking as 1 / sqrt(n), fits between
+    the estimate and the limit; None when no count would (infinite width, estimate on it)."""
+    half, gap = (
+        (hi - estimate, limit - estimate) if estimate < limit else (estimate - lo, estimate - limit)
+    )
+    if gap <= 0 or not math.isfinite(half):
+        return None
+    needed = n * (half / gap) ** 2
+    return _needs(rd, max(1, math.ceil(needed) - n), n) if needed <= _HOPELESS * n else None
+
+
+def _independent(n: int, tau: float) -> str:
+    """How many pairs a time-correlated sample is worth, when that widens the interval by more
+    than a fifth (below, tau is mostly the noise of its own estimate)."""
+    return f", worth about {max(1, round(n / tau))} independent ones" if tau > 1.5 else ""
+
+
+def _undecided(
+    check: str, rd: RouteData, limit: float, n: int, detail: str, needs: Needs | None = None
+) -> Check:
+    """A latency check that could not be judged (too few pairs, timings not comparable)."""
+    return Check(check, rd.route, INCONCLUSIVE, None, limit, n, None, detail=detail, needs=needs)
+
+
 def _latency_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[Check]:
     shadow, base, name = _latency_pairs(rd)
     n = len(shadow)
     limit, p99_limit = 1 + cfg.latency_tolerance, 1 + cfg.p99_tolerance
     with_p99 = rd.pairs >= cfg.p99_min_pairs
     if latency_note:
-        checks = [
-            Check("latency", rd.route, INCONCLUSIVE, None, limit, n, None, detail=latency_note)
-        ]
+        checks = [_undecided("latency", rd, limit, n, latency_note)]
         if with_p99:
-            checks.append(
-                Check(
-                    "latency_p99",
-                    rd.route,
-                    INCONCLUSIVE,
-                    None,
-                    p99_limit,
-                    n,
-                    None,
-                    detail=latency_note,
-                )
-            )
+            checks.append(_undecided("latency_p99", rd, p99_limit, n, latency_note))
         return checks
-    if n < max(cfg.min_pairs, 1):
-        detail = f"only {n} pairs with both timings; {cfg.min_pairs} needed"
-        checks = [Check("latency", rd.route, INCONCLUSIVE, None, limit, n, None, detail=detail)]
+    measured = shift(np.log(shadow / base), cfg.confidence) if n else None
+    if measured is None or n < max(cfg.min_pairs, 1):
+        detail = _no_pair(rd, n, cfg.min_pairs)
+        checks = [
+            _undecided("latency", rd, limit, n, detail, _needs(rd, max(cfg.min_pairs, 1) - n, n))
+        ]
     else:
-        est, lo, hi = hodges_lehmann(np.log(shadow / base), cfg.confidence)
+        est, lo, hi = measured.estimate, measured.low, measured.high
         ratio, ci = math.exp(est), (math.exp(lo), math.exp(hi))
         result = _decide(lo, hi, math.log(limit))
         detail = (
-            f"shadow typically {ratio:.3f}× the {name}'s latency ({100 * cfg.confidence:g} % CI "
-            f"{ci[0]:.3f}–{ci[1]:.3f}×, {n} pairs), tolerance {limit:.2f}×"
+            f"shadow typically {ratio:.3f}× {baseline(rd)} ({100 * cfg.confidence:g} % CI "
+            f"{ci[0]:.3f}–{ci[1]:.3f}×, {n} pairs{_independent(n, measured.dependence.tau)}), "
+            f"tolerance {limit:.2f}×"
         )
-        checks = [Check("latency", rd.route, result, ratio, limit, n, ci, detail=detail)]
+        needs = _to_decide(rd, n, est, lo, hi, math.log(limit)) if result == INCONCLUSIVE else None
+        checks = [
+            Check("latency", rd.route, result, ratio, limit, n, ci, detail=detail, needs=needs)
+        ]
     if with_p99:
-        if n < cfg.p99_min_pairs:
-            detail = f"only {n} pairs with both timings; {cfg.p99_min_pairs} needed for p99"
-            checks.append(
-                Check(
-                    "latency_p99", rd.route, INCONCLUSIVE, None, p99_limit, n, None, detail=detail
-                )
-            )
+        if measured is None or n < cfg.p99_min_pairs:
+            detail = _no_pair(rd, n, cfg.p99_min_pairs, " for p99")
+            needs = _needs(rd, cfg.p99_min_pairs - n, n)
+            checks.append(_undecided("latency_p99", rd, p99_limit, n, detail, needs))
         else:
-            ratio, lo, hi = p99_ratio_bootstrap(shadow, base, cfg.confidence)
+            block = measured.dependence.block
+            ratio, lo, hi = p99_ratio_bootstrap(shadow, base, cfg.confidence, block)
+            blocks = f" in blocks of {block}" if block > 1 else ""
             detail = (
                 f"shadow p99 {ratio:.3f}× the {name}'s ({100 * cfg.confidence:g} % bootstrap CI "
-                f"{lo:.3f}–{hi:.3f}×, {n} pairs), tolerance {p99_limit:.2f}×"
+                f"{lo:.3f}–{hi:.3f}×, {n} pairs{blocks}), tolerance {p99_limit:.2f}×"
             )
+            result = _decide(lo, hi, p99_limit)
+            logs = (math.log(x) for x in (ratio, lo, hi, p99_limit))
+            needs = _to_decide(rd, n, *logs) if result == INCONCLUSIVE else None
             checks.append(
                 Check(
                     "latency_p99",
                     rd.route,
-                    _decide(lo, hi, p99_limit),
+                    result,
                     ratio,
                     p99_limit,
                     n,
                     (lo, hi),
                     detail=detail,
+                    needs=needs,
                 )
             )
     return checks
+
+
+def _longer(a: Needs | None, b: Needs) -> Needs | None:
+    """The later of two needs; None (more pairs decide nothing) stays None."""
+    if a is None:
+        return None
+    if a.seconds is not None and b.seconds is not None:
+        return a if a.seconds >= b.seconds else b
+    return a if a.pairs >= b.pairs else b
+
+
+def duration(seconds: float) -> str:
+    """A wait as people say it: "40 s", "7 min", "3.5 h", "2.0 days"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _needs_text(needs: Needs) -> str:
+    """What would decide a check, as the end of its detail: "about 420 more pairs (~7 min
+    at the current 1.2 pairs/s) should decide it" (about an even chance, if the estimate holds
+    at that count: it is where the interval would just fit)."""
+    text = f"about {needs.pairs:,} more pairs"
+    if needs.seconds is not None:
+        rate = needs.pairs / needs.seconds if needs.seconds > 0 else 0.0
+        text += f" (~{duration(needs.seconds)} at the current {rate:.2g} pairs/s)"
+    return f"{text} should decide it"
+
+
+def _said(c: Check) -> Check:
+    """The check with what would decide it at the end of its detail, if it is INCONCLUSIVE."""
+    if c.result != INCONCLUSIVE or c.needs is None:
+        return c
+    return replace(c, detail=f"{c.detail}; {_needs_text(c.needs)}")
 
 
 def _route_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[Check]:
@@ -272,7 +413,8 @@ def _route_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[Ch
         *_latency_checks(rd, cfg, latency_note),
     ]
     if rd.pairs >= cfg.min_pairs:
-        return checks
+        return [_said(c) for c in checks]
+    rest = _needs(rd, cfg.min_pairs - rd.pairs, rd.pairs)
     small = Check(
         "min_sample",
         rd.route,
@@ -282,15 +424,19 @@ def _route_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[Ch
         rd.pairs,
         None,
         detail=f"only {rd.pairs} compared pairs; at least {cfg.min_pairs} needed to judge",
+        needs=rest,
     )
     note = f" (not judged: {rd.pairs} pairs < {cfg.min_pairs})"
     capped = [
         c
-        if c.result == INCONCLUSIVE or (c.critical and c.result == FAIL)
-        else replace(c, result=INCONCLUSIVE, detail=c.detail + note)
+        if c.critical and c.result == FAIL
+        else replace(c, needs=_longer(c.needs, rest))
+        if c.result == INCONCLUSIVE
+        else replace(c, result=INCONCLUSIVE, detail=c.detail + note, needs=rest)
         for c in checks
     ]
-    return [small, *capped]
+    # A check that only waits for min_pairs says so in its note; min_sample says how long.
+    return [_said(small), *(c if c.needs == rest else _said(c) for c in capped)]
 
 
 def judge(
@@ -299,7 +445,8 @@ def judge(
     """Judges every route; the verdict is the worst check, a failing critical check fails.
 
     `latency_note`, when set, says why timings cannot be trusted (e.g. offline replay against
-    a recorded primary): latency checks are then INCONCLUSIVE with that note.
+    a recorded primary): latency checks are then INCONCLUSIVE with that note, and no count of
+    pairs would decide them.
     """
     if not routes:
         nothing = Check(
@@ -311,8 +458,9 @@ def judge(
             0,
             None,
             detail="no compared exchanges at all",
+            needs=Needs(cfg.min_pairs, None),
         )
-        return Verdict(INCONCLUSIVE, [nothing])
+        return Verdict(INCONCLUSIVE, [_said(nothing)])
     checks = [c for rd in routes for c in _route_checks(rd, cfg, latency_note)]
     if any(c.critical and c.result == FAIL for c in checks):
         return Verdict(FAIL, checks)

@@ -20,8 +20,8 @@ import orjson
 from shadowdiff import __version__, jsonpath
 from shadowdiff.compare import MASK, Redactor, bodies, jsondiff
 from shadowdiff.config import Config, Redact
-from shadowdiff.counts import RECORDED_PRIMARY, by_reason, imbalance
-from shadowdiff.judge.checks import Check, JudgeConfig, RouteData, Verdict, judge
+from shadowdiff.counts import LATENCY_REFERENCE, RECORDED_PRIMARY, by_reason, imbalance
+from shadowdiff.judge.checks import Check, JudgeConfig, RouteData, Verdict, baseline, judge
 from shadowdiff.judge.noise import RouteFindings, findings
 from shadowdiff.judge.schema import (
     CheckRow,
@@ -94,7 +94,8 @@ def _failed(status: int | None, error: str | None) -> bool:
 
 
 def _column(rows: list[tuple[Any, ...]], index: int) -> np.ndarray:
-    """One latency column as floats, NaN where unknown (an error outcome)."""
+    """One numeric column (a latency, the time sampled) as floats, NaN where unknown (the
+    latency of an error outcome)."""
     return np.array([np.nan if r[index] is None else r[index] for r in rows], dtype=float)
 
 
@@ -107,12 +108,16 @@ def _percentiles(values: np.ndarray) -> Percentiles | None:
 
 
 def gather(
-    store: Store, run: str, cfg: Config, only: str | None = None
+    store: Store, run: str, cfg: Config, only: str | None = None, reference: str | None = None
 ) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]]]:
     """Findings per route, the judge's inputs, and latency samples per route and side
-    (of route `only`, if given: only its rows are read)."""
+    (of route `only`, if given: only its rows are read); `reference` timed the baselines."""
     found = findings(
-        store.routes(run, only), store.divergence_rows(run, only), cfg.noise, _accepted(cfg)
+        store.routes(run, only),
+        store.divergence_rows(run, only),
+        cfg.noise,
+        _accepted(cfg),
+        cfg.judge.confidence,
     )
     rows: dict[str, list[tuple[Any, ...]]] = {}
     for row in store.outcome_rows(run, only):
@@ -121,10 +126,10 @@ def gather(
     for route in found:
         listed = rows.get(route.route, [])
         transitions: dict[tuple[str, str], int] = {}
-        for p_status, p_error, _, s_status, s_error, _, _ in listed:
+        for p_status, p_error, _, s_status, s_error, _, _, _ in listed:
             key = (_side(p_status, p_error), _side(s_status, s_error))
             transitions[key] = transitions.get(key, 0) + 1
-        primary, shadow, secondary = (_column(listed, i) for i in (2, 5, 6))
+        primary, shadow, secondary, sampled = (_column(listed, i) for i in (2, 5, 6, 7))
         has_secondary = route.with_secondary > 0
         latencies[route.route] = {"primary": primary, "shadow": shadow}
         if has_secondary:
@@ -141,6 +146,8 @@ def gather(
                 primary_latency=primary,
                 shadow_latency=shadow,
                 secondary_latency=secondary if has_secondary else None,
+                timestamps=sampled,
+                reference=reference,
             )
         )
     return found, data, latencies
@@ -183,8 +190,9 @@ def document(
     still going (/verdict): no extras, and no accounting, whose books only balance once every
     proxy has stopped.
     """
-    found, data, latencies = gather(store, run, cfg, only)
     counts = store.counts(run)
+    reference = "+".join(sorted(by_reason(counts, LATENCY_REFERENCE))) or None
+    found, data, latencies = gather(store, run, cfg, only, reference)
     verdict = judge(data, judge_config(cfg), latency_note(counts))
     latency_checks = {c.route: c for c in verdict.checks if c.id == "latency"}
     routes: list[RouteRow] = []
@@ -206,9 +214,11 @@ def document(
                         "noise_count": f.noise_count,
                         "noise": f.noise,
                         "accepted": f.accepted,
+                        "p_value": f.p_value,
                     }
                     for f in route.fields
                 ],
+                "noise_measured": route.noise_measured,
                 "status_matrix": [
                     {"primary": p, "shadow": s, "count": n}
                     for (p, s), n in sorted(inputs.transitions.items())
@@ -219,6 +229,7 @@ def document(
                     "secondary": _percentiles(sides["secondary"]) if "secondary" in sides else None,
                     "ratio": check.value if check else None,
                     "ci": list(check.ci) if check and check.ci else None,
+                    "baseline": baseline(inputs),
                 },
             }
         )
@@ -276,6 +287,7 @@ def _check_row(c: Check) -> CheckRow:
         "ci": list(c.ci) if c.ci else None,
         "critical": c.critical,
         "detail": c.detail,
+        "needs": {"pairs": c.needs.pairs, "seconds": c.needs.seconds} if c.needs else None,
     }
 
 

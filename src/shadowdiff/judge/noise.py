@@ -1,28 +1,106 @@
 """Noise: differences that a second instance of the old version shows too, and the examples.
 
-Diffy's rule, per route and per divergence path: with r the exchanges where primary and
-shadow differ there, n those where primary and secondary differ there, and T the route's
-exchanges, the path is a real divergence only if r > n, (r − n) / (r + n) > relative and
-(r − n) / T > absolute. Without a secondary there is no noise model: every difference counts.
+Per route and divergence path: r of the route's T exchanges differ between primary and shadow
+there, n of the T₂ that had a secondary (`with_secondary`) differ between primary and
+secondary. The path is a real divergence only if it is both
+
+- statistically significant: the shadow differs there more often than the secondary, by
+  Fisher's exact test, one-sided, on the table [r of T, n of T₂], its p-value adjusted over
+  every path where the shadow differs, on every route judged together (Benjamini–Hochberg),
+  at most (1 − confidence) / 2;
+- practically significant, by Diffy's thresholds on the rates s = r / T and q = n / T₂:
+  s > q, (s − q) / (s + q) > `relative` and s − q > `absolute` (Diffy's rule when T₂ = T).
+
+Fisher rather than a binomial test of r given r + n: the binomial counts differences as
+events, blind to an exchange differing at most once. A path that differs on all of 5 shadow
+exchanges and none of 5 secondary ones gets 1/32 from it, 1 / C(10, 5) = 1/252 from Fisher;
+when differences are rare the two agree. Both sides are measured against the same primary
+response, so their differences tend to come together: that only makes the test cautious.
+A path that differs on every exchange and never on the secondary scores 1 / C(2k, k) after k
+exchanges (3: 0.05, 4: 0.014, 6: 0.0011): real from the 4th at the default confidence when
+it is the only path of the run that differs, later when many noisy paths differ too.
+
+Why adjust: one real path fails its route, and so the release; tested one by one at 2.5 %, a
+few thousand noisy paths would fail an unchanged release, and so would a hundred routes
+adjusted each on its own (each keeps its own 2.5 %). When nothing changed, Benjamini–Hochberg
+over the whole run keeps the chance that any noise passes for real at (1 − confidence) / 2,
+the false-alarm bound of every check (`checks`); when something did, it misses fewer real
+paths than Bonferroni would. A view of one route alone (`/verdict?route=`) adjusts over that
+route's paths only, so it can call real a path that the whole run's verdict calls noise.
+
+Without a secondary there is no noise model: every difference counts, and the findings say so
+(`RouteFindings.noise_measured`).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from shadowdiff.config import Noise
+from shadowdiff.config import Judge, Noise
+
+DEFAULT_CONFIDENCE: float = Judge.model_fields["confidence"].default
+"""`judge.confidence` by default, for callers that pass none."""
+
+NO_SECONDARY = "no secondary: noise cannot be told apart, every difference counts"
+"""What a report shows by a route whose noise was not measured."""
 
 
-def is_noise(r: int, n: int, total: int, cfg: Noise, has_secondary: bool = True) -> bool:
-    if not has_secondary:
-        return False
-    if r <= n or total <= 0:
-        return True
-    gap = r - n
-    return not (gap / (r + n) > cfg.relative and gap / total > cfg.absolute)
+Group = tuple[Sequence[tuple[int, int]], int, int]
+"""One route's (r, n) per path, its exchanges T and those with a secondary T₂."""
+
+
+def noise_test(
+    counts: Sequence[tuple[int, int]],
+    exchanges: int,
+    with_secondary: int,
+    cfg: Noise,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> list[tuple[bool, float | None]]:
+    """For each (r, n) of one route's paths, tested as the whole family: whether it is
+    noise, and its adjusted p-value (None without a secondary, when every difference counts)."""
+    return tested([(counts, exchanges, with_secondary)], cfg, confidence)[0]
+
+
+def tested(
+    groups: Sequence[Group], cfg: Noise, confidence: float = DEFAULT_CONFIDENCE
+) -> list[list[tuple[bool, float | None]]]:
+    """Per route of `groups`, per path: noise or not, and the p-value adjusted over every path
+    of every route that had a secondary, so the false-alarm bound holds for the whole run, not
+    each route (a hundred quiet routes would otherwise fail one release in ten times out of
+    eleven). One vectorised scipy call; counts beyond their totals (a run still being written)
+    are read as totals."""
+    measured = [g for g in groups if g[2] > 0 and g[0]]
+    if not measured:
+        return [[(False, None)] * len(g[0]) for g in groups]
+    import numpy as np
+    from scipy.stats import false_discovery_control, hypergeom
+
+    r, n = np.concatenate([np.asarray(g[0], dtype=np.int64) for g in measured]).T
+    sizes = [len(g[0]) for g in measured]
+    shadow_total = np.maximum(r, np.repeat([max(g[1], 1) for g in measured], sizes))
+    secondary_total = np.maximum(n, np.repeat([g[2] for g in measured], sizes))
+    # Fisher's one-sided p: the chance, given both margins, that the shadow row holds r or more
+    tail = hypergeom.sf(r - 1, shadow_total + secondary_total, r + n, shadow_total)
+    p = false_discovery_control(np.clip(tail, 0.0, 1.0))
+    s, q = r / shadow_total, n / secondary_total
+    gap = s - q
+    real = (
+        (gap > 0)
+        & (gap > cfg.relative * (s + q))
+        & (gap > cfg.absolute)
+        & (p <= (1 - confidence) / 2)
+    )
+    decided = iter(zip(real.tolist(), p.tolist(), strict=True))
+    return [
+        [(not x, y) for x, y in itertools.islice(decided, len(g[0]))]
+        if g[2] > 0 and g[0]
+        else [(False, None)] * len(g[0])
+        for g in groups
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +113,8 @@ class Field:
     noise_count: int
     noise: bool
     accepted: bool = False
+    p_value: float | None = None
+    """Fisher's one-sided p, adjusted over the route's paths; None without a secondary."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +131,16 @@ class RouteFindings:
     """Exchanges with at least one real divergence at a path that is not noise."""
     fields: list[Field]
 
+    @property
+    def noise_measured(self) -> bool:
+        """Whether a secondary ran: without one, no difference can be called noise."""
+        return self.with_secondary > 0
+
+    @property
+    def note(self) -> str:
+        """`NO_SECONDARY`, or nothing when noise was measured."""
+        return "" if self.noise_measured else NO_SECONDARY
+
 
 Row = tuple[str, str, str, str, str, str | None, str, str]
 """(route, side, exchange key, path, kind, rule, left, right), as the store lists them."""
@@ -61,8 +151,9 @@ def findings(
     rows: Iterable[Row],
     cfg: Noise,
     accepted: Callable[[str, str], bool] = lambda route, path: False,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> list[RouteFindings]:
-    """Per route: the fields with Diffy's noise rule applied, and the divergent exchanges.
+    """Per route: the fields with the noise test applied, and the divergent exchanges.
     Fields `accepted(route, path)` says a release owner accepted are listed but not counted."""
     shadow: dict[tuple[str, str], set[str]] = {}
     secondary: dict[tuple[str, str], set[str]] = {}
@@ -77,15 +168,24 @@ def findings(
     paths: dict[str, list[tuple[str, set[str]]]] = {}  # by route: one pass, however many
     for (route, path), keys in sorted(shadow.items()):
         paths.setdefault(route, []).append((path, keys))
+    counted = {
+        route: [(len(keys), len(secondary.get((route, path), ()))) for path, keys in listed]
+        for route, listed in paths.items()
+    }
+    groups = [
+        (counted.get(route, []), totals["exchanges"], totals["with_secondary"])
+        for route, totals in routes.items()
+    ]
     out = []
-    for route, totals in routes.items():
+    for (route, totals), (counts, _, _), decided in zip(
+        routes.items(), groups, tested(groups, cfg, confidence), strict=True
+    ):
+        listed = paths.get(route, [])
         fields, divergent = [], set()
-        for path, keys in paths.get(route, []):
-            n = len(secondary.get((route, path), ()))
-            noise = is_noise(len(keys), n, totals["exchanges"], cfg, totals["with_secondary"] > 0)
+        for (path, keys), (r, n), (noise, p) in zip(listed, counts, decided, strict=True):
             kind = kinds[(route, path)].most_common(1)[0][0]
             ok = accepted(route, path)
-            fields.append(Field(path, kind, len(keys), n, noise, ok))
+            fields.append(Field(path, kind, r, n, noise, ok, p))
             if not (noise or ok):
                 divergent |= keys
         fields.sort(key=lambda f: (f.noise, -f.count, f.path))

@@ -18,6 +18,7 @@ __all__ = [
     "Extras",
     "FieldRow",
     "Latency",
+    "NeedsRow",
     "Percentiles",
     "RouteRow",
     "StatusCell",
@@ -42,6 +43,9 @@ class Latency(TypedDict):
     secondary: Percentiles | None
     ratio: float | None
     ci: list[float] | None
+    baseline: str
+    """What the ratio's denominator is, and on which clock ("the primary's latency (a timed
+    copy, same client)")."""
 
 
 class FieldRow(TypedDict):
@@ -56,6 +60,9 @@ class FieldRow(TypedDict):
     noise_count: int
     noise: bool
     accepted: bool
+    p_value: float | None
+    """Fisher's one-sided p that the shadow differs more often than the secondary, adjusted
+    over the route's paths; None without a secondary."""
 
 
 class StatusCell(TypedDict):
@@ -73,12 +80,23 @@ class RouteRow(TypedDict):
     divergent: int
     divergence_rate: float
     fields: list[FieldRow]
+    noise_measured: bool
+    """Whether a secondary ran: without one, every difference counts (none can be noise)."""
     status_matrix: list[StatusCell]
     latency: Latency
 
 
+class NeedsRow(TypedDict):
+    """What would decide an INCONCLUSIVE check: about `pairs` more of what its `n` counts, and
+    the `seconds` they take at the route's rate so far (None when no rate is known)."""
+
+    pairs: int
+    seconds: float | None
+
+
 class CheckRow(TypedDict):
-    """A `checks.Check`, its CI as a list."""
+    """A `checks.Check`, its CI as a list; `needs` is None unless the check is INCONCLUSIVE
+    and more pairs would decide it (not for timings that cannot be compared)."""
 
     id: str
     route: str
@@ -89,6 +107,7 @@ class CheckRow(TypedDict):
     ci: list[float] | None
     critical: bool
     detail: str
+    needs: NeedsRow | None
 
 
 class Counts(TypedDict):

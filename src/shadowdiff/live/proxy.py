@@ -41,7 +41,7 @@ async def serve(cfg: Config) -> ShadowDiff:
     except TimeoutError:
         ready = False
     if not ready:
-        status = None
+        status = tap.last_exit  # if the tap noticed the death first
         if tap.worker is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):  # it said goodbye: reap it
                 status = tap.worker.wait(timeout=5.0)

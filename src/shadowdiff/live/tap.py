@@ -27,7 +27,14 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from shadowdiff.channel import Control, Final, PrimaryResult, Setup, TapCounts, Writer
-from shadowdiff.config import SHADOW_MARKER, Config, access_token, load_config
+from shadowdiff.config import (
+    SHADOW_MARKER,
+    Config,
+    Latency,
+    access_token,
+    latency_reference,
+    load_config,
+)
 from shadowdiff.counts import WORKER_RESTARTS
 from shadowdiff.errors import ConfigError
 from shadowdiff.live.sampling import Sampler
@@ -42,10 +49,10 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 one, mirroring stays off (samples counted as `dropped.worker_down`) until the proxy restarts."""
 STABLE = 60.0
 """Seconds a worker must live for its death to count as the first in a row again."""
-STOP_MARGIN = 20.0
-"""Seconds beyond `mirror.grace` that the end of the process gives a stopping worker: its
-final write retries for 5 s, and one SQLite attempt can wait 10 s on a lock. Beyond, it is
-killed, and said so."""
+STOP_MARGIN = 25.0
+"""Seconds beyond `mirror.grace` that the end of the process gives a stopping worker: it
+compares what it holds for 5 s at most, its final write retries for 5 s, and one SQLite
+attempt can wait 10 s on a lock. Beyond, it is killed, and said so."""
 
 _UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 """Bytes no HTTP client puts in a header (of the controls, RFC 9110 allows only HTAB)."""
@@ -72,6 +79,9 @@ class _Stopping:
             asyncio.get_running_loop().call_later(0.2, self.reap)
             return
         _stopping.remove(self)
+        self.ended_with(status)
+
+    def ended_with(self, status: int) -> None:
         if status:
             logger.error("shadowdiff: the stopped worker process %s", _exit_status(status))
 
@@ -123,6 +133,7 @@ class ShadowDiff:
         self.started_at = 0.0
         self.stopping = False
         self.final: Final | None = None  # the last worker's final books, once it answered
+        self.last_exit: int | None = None  # the exit status of the last worker that died
         self.control = _last_control  # a reloaded script keeps the switch and the dial
 
     # -- options ---------------------------------------------------------------------------
@@ -250,6 +261,7 @@ class ShadowDiff:
         assert self.writer is not None
         self.writer.abandon()
         self.writer = self.worker = None
+        self.last_exit = status
         self.pending.clear()  # the next worker counts what the dead one held
         loop = asyncio.get_running_loop()
         if loop.time() - self.started_at >= STABLE:
@@ -347,8 +359,12 @@ class ShadowDiff:
             skip = "streamed"
         elif len(raw) > self.cfg.mirror.max_body:
             skip = "too_large"
+        # The proxy's span (it includes the proxy's own queueing) is the latency reference
+        # only for `proxy`; for `primary` the worker's timed copy replaces it, and a request
+        # no copy is sent for gets none: it is never paired across two clocks.
         latency = None
-        if response.timestamp_end and flow.request.timestamp_end:
+        paired = latency_reference(self.cfg) != "primary" or flow.request.method in Latency.COPIED
+        if paired and response.timestamp_end and flow.request.timestamp_end:
             latency = response.timestamp_end - flow.request.timestamp_end
         outcome = Outcome(
             status=response.status_code,
@@ -430,8 +446,7 @@ def _wait_for_stopping() -> None:
             stopping.process.kill()
             stopping.process.wait()
             continue
-        if status:
-            logger.error("shadowdiff: the stopped worker process %s", _exit_status(status))
+        stopping.ended_with(status)
 
 
 def _fixed(cfg: Config) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import signal
@@ -216,6 +217,8 @@ class Replayer:
         if len(request.body) > self.cfg.mirror.max_body:
             self.tally("dropped.too_large")
             return
+        while self.worker.busy():  # a replay waits for the comparisons to catch up
+            await asyncio.sleep(0.05)
         exchange = self.worker.on_request(request)
         if exchange is None:  # dropped by the worker, and counted there
             return
@@ -325,7 +328,9 @@ async def replay(
                     loop.remove_signal_handler(signum)
                 stop.set()
                 await flusher
-                await worker.shutdown()  # the last flush: the bar's last count is the store's
+                # the last flush, all of it (no live stop waits on a replay): the bar's last
+                # count is the store's
+                await worker.shutdown(analysis=math.inf)
                 if replayer.to_primary:
                     await replayer.to_primary.close()
             await replayer.tick(view, started, once=True)

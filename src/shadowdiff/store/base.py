@@ -20,10 +20,18 @@ from shadowdiff.model import Divergence, Event, Exchange
 from shadowdiff.store.schema import COLUMNS, clean, exchange_of
 
 OutcomeRow = tuple[
-    str, int | None, str | None, float | None, int | None, str | None, float | None, float | None
+    str,
+    int | None,
+    str | None,
+    float | None,
+    int | None,
+    str | None,
+    float | None,
+    float | None,
+    float,
 ]
 """(route, primary status, primary error, primary latency, shadow status, shadow error,
-shadow latency, secondary latency) of one exchange."""
+shadow latency, secondary latency, when it was sampled) of one exchange."""
 
 DivergenceRow = tuple[str, str, str, str, str, str | None, str, str]
 """(route, side, exchange key, path, kind, rule, left, right) of one divergence."""
@@ -234,7 +242,7 @@ class Backend(ABC):
             "SELECT route, primary_status, primary_error,"
             " CASE WHEN primary_error IS NULL THEN primary_latency END, shadow_status,"
             " shadow_error, CASE WHEN shadow_error IS NULL THEN shadow_latency END,"
-            " CASE WHEN secondary_error IS NULL THEN secondary_latency END"
+            " CASE WHEN secondary_error IS NULL THEN secondary_latency END, ts"
             f" FROM exchanges WHERE {where} ORDER BY id",
             args,
         )

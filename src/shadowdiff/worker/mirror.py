@@ -3,17 +3,25 @@
 Knows aiohttp, nothing of mitmproxy. One pooled session for all targets; bodies are read raw
 (no decompression) so both sides of a comparison are decoded the same way later. A response
 body over the size limit is an outcome (`too_large`), never a truncated body.
+
+One clock for every side: a copy is timed from the moment its request was handed to the
+connection (aiohttp's trace hooks) to the end of reading its body, so the pool, the headers'
+building and a connection's set-up are no latency; the copies of an exchange go out in a
+random order, so no target is always the one whose request is built second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import random
 import time
+from types import SimpleNamespace
 
 import aiohttp
 from yarl import URL
 
-from shadowdiff.config import SHADOW_MARKER
+from shadowdiff.config import SHADOW_MARKER, Config, Latency, Reference, latency_reference
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.model import Headers, Outcome, RequestSnapshot
 
@@ -68,6 +76,108 @@ def error_kind(exc: BaseException) -> str:
     return "protocol"
 
 
+def plan(
+    cfg: Config, targets: dict[str, str], method: str, live: bool
+) -> tuple[list[tuple[str, str]], Reference | None]:
+    """An exchange's copies (name, base URL) in a random order, and what times its latency
+    baseline (None: it has no latency pair). That is the configured reference, except that a
+    replay (not `live`) calls the primary itself, timed on this same clock, and that only a
+    safe request gets a timed copy to the primary."""
+    copies = list(targets.items())
+    reference: Reference | None = latency_reference(cfg)
+    if reference != "secondary" and not live:
+        reference = "primary"
+    elif reference == "primary" and method not in Latency.COPIED:
+        reference = None
+    elif reference == "primary":
+        assert cfg.primary is not None  # the config refuses reference primary without it
+        copies.append(("primary", cfg.primary))
+    return random.sample(copies, len(copies)), reference
+
+
+def timed_by_copy(primary: Outcome, copy: Outcome | None) -> Outcome:
+    """The primary's outcome on its timed copy's clock (reference `primary`): the copy's
+    latency, or none if the copy failed; as it is when no copy was timed."""
+    if copy is None:
+        return primary
+    return dataclasses.replace(primary, latency=None if copy.error else copy.latency)
+
+
+LAG_TICK = 0.005
+"""Seconds between two looks of the lag watch at the event loop."""
+LAG_SLACK = 0.001
+"""Seconds late a look may be before its lateness counts as a stall of the loop."""
+LAG_SHARE = 0.2
+"""Share of a copy's time the loop may have been stalled before its latency is not trusted."""
+
+
+class LagWatch:
+    """How long the worker's event loop has been stalled in all (`stalled`, seconds): a look
+    every LAG_TICK, its lateness beyond LAG_SLACK counted. A copy's clock is read on the loop,
+    so a stalled loop (a starved CPU, the store thread holding the GIL) adds its stall to
+    every copy in flight alike: their ratios drift to 1 and a real slowdown can PASS. A copy
+    in flight across a stall that long is given no latency (`untimed`), and left unjudged."""
+
+    def __init__(self) -> None:
+        self.stalled = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_TICK
+            await asyncio.sleep(LAG_TICK)
+            self.stalled += max(0.0, loop.time() - due - LAG_SLACK)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+class Clock:
+    """One copy's stopwatch, started when its request's last part (headers, or a chunk of the
+    body) was handed to the connection; until then, at its creation (a copy that never went
+    out is timed from its start, a time to failure). It notes the loop's stalls meanwhile."""
+
+    __slots__ = ("lag", "sent", "stalled")
+
+    def __init__(self, lag: LagWatch) -> None:
+        self.lag = lag
+        self.restart()
+
+    def restart(self) -> None:
+        self.sent, self.stalled = time.perf_counter(), self.lag.stalled
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.sent
+
+    def trusted(self) -> float | None:
+        """The elapsed time, or None when the loop stalled for more than LAG_SHARE of it."""
+        took = self.elapsed()
+        return None if self.lag.stalled - self.stalled > LAG_SHARE * took else took
+
+
+async def _sent(session: aiohttp.ClientSession, context: SimpleNamespace, params: object) -> None:
+    """Trace hook: part of the request went out; its clock starts (again) now."""
+    clock = context.trace_request_ctx
+    if isinstance(clock, Clock):
+        clock.restart()
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    """The trace hooks that start a copy's clock. aiohttp has no "request fully sent" hook:
+    the headers' hook fires as they are written (with the body, if it is small), each body
+    chunk's as it is written, so the last one to fire is the request's last part."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_sent)
+    trace.on_request_chunk_sent.append(_sent)
+    return trace
+
+
 class TooLarge(Exception):
     pass
 
@@ -88,17 +198,21 @@ class Mirror:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[_tracing()],
         )
+        self.lag = LagWatch()
 
     async def close(self) -> None:
+        self.lag.stop()
         await self.session.close()
 
     async def send(self, base: str, request: RequestSnapshot) -> Outcome:
-        """One copy to `base + path`; every failure is an outcome, but a copy that cannot
-        be built raises `Unsendable`."""
-        started = time.perf_counter()
+        """One copy to `base + path`, timed from its request sent to its body read (`Clock`);
+        every failure is an outcome, but a copy that cannot be built raises `Unsendable`."""
         if not request.path.startswith("/"):  # `@host/…` would make `base` a user name
             return Outcome(error="protocol", latency=0.0)
+        self.lag.start()
+        clock = Clock(self.lag)
         try:
             async with self.session.request(
                 request.method,
@@ -109,20 +223,21 @@ class Mirror:
                 data=request.body or None,
                 allow_redirects=False,
                 compress=None,
+                trace_request_ctx=clock,
             ) as response:
                 body = await self._read(response)
                 return Outcome(
                     status=response.status,
                     headers=list(response.raw_headers),
                     body=body,
-                    latency=time.perf_counter() - started,
+                    latency=clock.trusted(),
                 )
         except TooLarge:
-            return Outcome(error="too_large", latency=time.perf_counter() - started)
+            return Outcome(error="too_large", latency=clock.elapsed())
         except ValueError as e:  # aiohttp's refusal to build it (InvalidURL is one too)
             raise Unsendable(str(e)) from None
         except Exception as e:  # noqa: BLE001 - a copy never raises: every failure is an outcome
-            return Outcome(error=error_kind(e), latency=time.perf_counter() - started)
+            return Outcome(error=error_kind(e), latency=clock.elapsed())
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self.cfg.max_body

@@ -9,6 +9,7 @@ A batch the store refused is kept (bounded) and written with the next one, never
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -113,8 +114,13 @@ class Recorder:
         batch: list[Exchange],
         counts: dict[str, dict[str, int]],
         events: list[Event] | None = None,
-    ) -> None:
+        until: float = math.inf,
+    ) -> list[Exchange]:
         """Analyses a batch and writes it with everything still unwritten; never raises.
+        Analysis stops at `until` (time.monotonic()): the exchanges it did not reach are
+        given back, untouched by this call's books, so a slow comparison (huge lists, say)
+        holds a flush, or the end of the worker, for at most its caller's budget plus the one
+        comparison in progress then.
 
         Writes go in transactions of at most CHUNK exchanges, so the backlog of an outage is
         caught up in steps that each fit a statement's time limit."""
@@ -123,12 +129,13 @@ class Recorder:
         self.refused_counted = refused
         coming = sum(map(held_bytes, batch))
         self.unwritten_bytes += coming  # at once, for `admits`: the batch is held meanwhile
-        analysed = self.analyse(batch)
+        analysed, left = self.analyse(batch, until)
         self.unwritten.extend(analysed)
         self.unwritten_bytes += sum(map(held_bytes, analysed)) - coming
         self.events.extend(events or ())
         while self._write_chunk(counts) and self.unwritten:
             pass
+        return left
 
     def _write_chunk(self, counts: dict[str, dict[str, int]]) -> bool:
         """Writes the oldest CHUNK unwritten exchanges with the latest counters; whether the
@@ -212,11 +219,16 @@ class Recorder:
         self.unwritten_bytes -= sum(map(held_bytes, self.unwritten[:n]))
         del self.unwritten[:n]
 
-    def analyse(self, batch: list[Exchange]) -> list[Exchange]:
-        """Routes, compares and redacts; an exchange the comparison chokes on is dropped and
-        counted (`dropped.compare`), never allowed to stop the recording of the others."""
+    def analyse(
+        self, batch: list[Exchange], until: float = math.inf
+    ) -> tuple[list[Exchange], list[Exchange]]:
+        """Routes, compares and redacts, until `until`; the analysed, and those not reached
+        (routed already, so they keep up with later merges). An exchange the comparison
+        chokes on is dropped and counted (`dropped.compare`), never allowed to stop the
+        recording of the others."""
         for x in batch:
-            x.route = self.routes.route(x.request.method, x.request.path)
+            if not x.route:
+                x.route = self.routes.route(x.request.method, x.request.path)
         merges = self.routes.take_merges()
         for old, new in merges:
             for x in (*self.unwritten, *batch):
@@ -227,8 +239,10 @@ class Recorder:
                 if apply_merge(route, old, new) == route
             }
         self.merges.extend(merges)
-        analysed = []
-        for x in batch:
+        analysed: list[Exchange] = []
+        for i, x in enumerate(batch):
+            if time.monotonic() > until:
+                return analysed, batch[i:]
             try:
                 self.compare(x)
             except Exception:
@@ -240,7 +254,7 @@ class Recorder:
             self.books["route_overflow"] += x.route == OTHER
             self.books[result_of(x.shadow_diffs)] += 1
             self.keep_examples(x)
-        return analysed
+        return analysed, []
 
     def compare(self, x: Exchange) -> None:
         x.shadow_diffs = self.comparer.compare(x.primary, x.shadow, x.route)

@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shadowdiff.channel import Final, PrimaryResult, Setup, TapCounts
-from shadowdiff.counts import WORKER_RESTARTS, summary_line, total
+from shadowdiff.counts import LATENCY_REFERENCE, WORKER_RESTARTS, summary_line, total
 from shadowdiff.model import Exchange, Outcome, RequestSnapshot
-from shadowdiff.store import Store, StoreUnavailable
+from shadowdiff.store import Store, StoreError, StoreUnavailable
 from shadowdiff.worker.breaker import CircuitBreaker
-from shadowdiff.worker.mirror import Mirror, Unsendable
+from shadowdiff.worker.mirror import Mirror, Unsendable, plan, timed_by_copy
 from shadowdiff.worker.recorder import Recorder, held_bytes
 from shadowdiff.worker.switch import Switch
 
@@ -29,6 +29,16 @@ logger = logging.getLogger("shadowdiff.worker")
 
 FINAL_WRITE = 5.0
 """Seconds a stopping worker keeps retrying a store that refuses its last batch."""
+FINAL_ANALYSIS = 5.0
+"""Seconds a stopping worker spends comparing the exchanges it holds: with bodies that are
+slow to compare, more could be held than any stop can wait for (the tap's STOP_MARGIN)."""
+BUSY_MIN = 500
+"""Exchanges that may always wait for comparison, whatever the measured pace."""
+PACE_DECAY = 0.9
+"""Weight of the earlier flushes in the store thread's measured pace, at each flush."""
+FLUSH_BUDGET = 1.0
+"""Seconds of comparison one flush does at most, so a flush in progress never holds the end
+of the worker (or its counters' next write) for longer."""
 
 TAP_STALE = 5.0
 """Seconds without the tap's counters after which the proxy is reported unhealthy."""
@@ -62,6 +72,8 @@ class Worker:
         self.tap_seen_at = time.monotonic()
         self.batch: list[Exchange] = []
         self.batch_bytes = 0  # held_bytes of the batch: the recorder's budget covers it
+        self.paced = (0.0, 0.0)  # exchanges the store thread got through, and in what time
+        self.comparing = 0  # exchanges of the batch the store thread is comparing now
         self.dirty = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.recorder = Recorder(self.cfg, self.instance, store)
@@ -88,6 +100,9 @@ class Worker:
         if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
             self.drop("in_flight")
             return None
+        if self.busy():
+            self.drop("busy")
+            return None
         if not all(breaker.ready() for breaker in self.breakers.values()):
             self.drop("circuit_open")
             return None
@@ -103,6 +118,15 @@ class Worker:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def busy(self) -> bool:
+        """Whether comparing has fallen behind: more exchanges wait for it than the store
+        thread gets through in FINAL_ANALYSIS seconds at its measured pace (at least
+        BUSY_MIN). A live sample is then dropped at once (`busy`), before its copies go out,
+        rather than held for a stop that could only count it as `shutdown`; a replay waits."""
+        done, took = self.paced
+        waiting = len(self.batch) + self.comparing
+        return waiting >= max(BUSY_MIN, int(done / max(took, 1e-3) * FINAL_ANALYSIS))
+
     def drop(self, reason: str) -> None:
         self.count(f"dropped.{reason}")
 
@@ -116,8 +140,17 @@ class Worker:
     async def exchange(
         self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
     ) -> None:
+        planned, reference = plan(self.cfg, self.targets, request.method, self.switch is not None)
+        result = None
+        if any(name == "primary" for name, _ in planned):
+            # The copies go out once the primary has answered the live request: sent beside
+            # it, the timed copy would share the primary with it and read slower than it is.
+            result = await self.answered(request, primary)
+            if result is None:
+                self.outstanding -= 1
+                return
         try:
-            outcomes = await self.copies(request)
+            outcomes = await self.copies(request, planned, reference)
         except asyncio.CancelledError:
             self.drop("shutdown")
             raise
@@ -125,21 +158,11 @@ class Worker:
             self.primaries.pop(request.flow_id, None)
             self.drop("unsendable")
             return
-        try:
-            result = await asyncio.wait_for(primary, PRIMARY_WAIT)
-        except TimeoutError:  # the tap could not hand the primary's result over
-            self.primaries.pop(request.flow_id, None)
-            self.drop("primary_lost")
-            return
-        except asyncio.CancelledError:  # shut down before the primary's result arrived
-            self.drop("shutdown")
-            return
-        if result.skip:
-            self.drop(result.skip)
+        if result is None and (result := await self.answered(request, primary)) is None:
             return
         x = Exchange(
             request=request,
-            primary=result.outcome,
+            primary=timed_by_copy(result.outcome, outcomes.get("primary")),
             shadow=outcomes["shadow"],
             secondary=outcomes.get("secondary"),
             route="",  # the recorder routes it
@@ -151,26 +174,59 @@ class Worker:
         self.batch.append(x)
         self.batch_bytes += size
 
-    async def copies(self, request: RequestSnapshot) -> dict[str, Outcome]:
-        """Waits for a slot under the in-flight cap, then sends every copy at once."""
+    async def answered(
+        self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
+    ) -> PrimaryResult | None:
+        """The primary's result, or None when it never came or says to skip (counted)."""
+        try:
+            result = await asyncio.wait_for(primary, PRIMARY_WAIT)
+        except TimeoutError:  # the tap could not hand the primary's result over
+            self.primaries.pop(request.flow_id, None)
+            self.drop("primary_lost")
+            return None
+        except asyncio.CancelledError:  # shut down before the primary's result arrived
+            self.drop("shutdown")
+            return None
+        if result.skip:
+            self.drop(result.skip)
+            return None
+        return result
+
+    async def copies(
+        self, request: RequestSnapshot, planned: list[tuple[str, str]], reference: str | None
+    ) -> dict[str, Outcome]:
+        """Waits for a slot under the in-flight cap, then sends every copy at once in the
+        random order `plan` gave: the shadow's, the secondary's, and the primary's timed copy
+        when that is the latency reference (only a live worker, the proxy's, has a switch; a
+        replay calls the primary itself). Counts what timed the baseline."""
         try:
             async with self.slots:
-                sent = [self.copy(name, url, request) for name, url in self.targets.items()]
-                return dict(zip(self.targets, await asyncio.gather(*sent), strict=True))
+                sent = [self.copy(name, url, request) for name, url in planned]
+                outcomes = await asyncio.gather(*sent)
         finally:
             self.outstanding -= 1
+        if reference:
+            self.count(f"{LATENCY_REFERENCE}.{reference}")
+        return {name: outcome for (name, _), outcome in zip(planned, outcomes, strict=True)}
 
     async def copy(self, name: str, url: str, request: RequestSnapshot) -> Outcome:
         """One copy, fed to the target's breaker and error counts; one that could not be
-        built is the client's fault: it gives its breaker slot back and raises `Unsendable`."""
+        built is the client's fault: it gives its breaker slot back and raises `Unsendable`.
+        The primary's timed copy has no breaker: the live traffic reaches the primary anyway."""
+        breaker = self.breakers.get(name)
         try:
             outcome = await self.mirror.send(url, request)
         except Unsendable:
-            self.breakers[name].release()
+            if breaker:
+                breaker.release()
             raise
         if outcome.error:
             self.counts[f"{name}_error.{outcome.error}"] += 1
-        changed = self.breakers[name].record(outcome.error is None)
+        elif outcome.latency is None:  # the loop stalled while it was out: not timed
+            self.counts[f"untimed.{name}"] += 1
+        if breaker is None:
+            return outcome
+        changed = breaker.record(outcome.error is None)
         if changed:
             self.counts[f"breaker.{name}.{changed}"] += 1
             logger.warning("circuit breaker for %s is now %s", name, changed)
@@ -182,21 +238,44 @@ class Worker:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def flush(self) -> None:
+    async def flush(self, budget: float = FLUSH_BUDGET) -> None:
+        """Hands the batch to the recorder for at most `budget` seconds of analysis; what it
+        did not reach stays at the head of the batch, for the next flush."""
         if not self.batch and not self.dirty and not (self.switch and self.switch.events):
             return
         batch, self.batch, self.batch_bytes, self.dirty = self.batch, [], 0, False
         counts = {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
         events = self.switch.take_events() if self.switch else []
-        await asyncio.get_running_loop().run_in_executor(
-            self.executor, self.recorder.record, batch, counts, events
+        started = time.monotonic()
+        self.comparing = len(batch)
+        try:
+            left = await asyncio.get_running_loop().run_in_executor(
+                self.executor,
+                self.recorder.record,
+                batch,
+                counts,
+                events,
+                started + budget,
+            )
+        finally:
+            self.comparing = 0
+        # The pace is work over time across recent flushes, never a mean of their rates,
+        # which the many quick flushes of small bodies would dominate.
+        self.paced = (
+            PACE_DECAY * self.paced[0] + len(batch) - len(left),
+            PACE_DECAY * self.paced[1] + time.monotonic() - started,
         )
+        if left:
+            self.batch[:0] = left
+            self.batch_bytes += sum(map(held_bytes, left))
+            self.dirty = True
 
     async def flusher(self, stop: asyncio.Event) -> None:
         last_log = time.monotonic()
         while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.25)
+            if not self.batch:  # a batch left over from a busy flush goes on at once
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
             try:
                 await self.flush()
             except Exception:  # the recorder never raises; this guards the guard
@@ -239,9 +318,10 @@ class Worker:
         }
         return {"status": "ok" if all(p["ok"] for p in parts.values()) else "failing", **parts}
 
-    async def shutdown(self) -> Final:
-        """After the tap closed the channel: grace for copies in flight, cancel the rest, flush;
-        the final books, true even when the store refused the last writes.
+    async def shutdown(self, analysis: float = FINAL_ANALYSIS) -> Final:
+        """After the tap closed the channel: grace for copies in flight, cancel the rest,
+        `analysis` seconds to compare what is held (the rest counted as `dropped.shutdown`),
+        the last write; the final books, true even when the store refused the last writes.
 
         A primary result that has not arrived by now never will, so those exchanges are
         counted as dropped at shutdown at once rather than held for the grace period.
@@ -255,8 +335,17 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.mirror.close()
+        await self.flush(analysis)
+        if self.batch:  # not analysed in time: the books say so, rather than being cut short
+            logger.warning(
+                "stopping: %d exchanges not compared within %.0fs are dropped (shutdown)",
+                len(self.batch),
+                analysis,
+            )
+            self.count("dropped.shutdown", len(self.batch))
+            self.batch, self.batch_bytes = [], 0
         deadline = time.monotonic() + FINAL_WRITE
-        while True:  # the last batch, through a store outage if it ends soon enough
+        while True:  # the last write, through a store outage if it ends soon enough
             self.dirty = True
             await self.flush()
             if not self.recorder.unwritten or time.monotonic() > deadline:
@@ -292,8 +381,8 @@ class Worker:
             try:
                 theirs = await loop.run_in_executor(self.executor, self._adopt, tap)
                 break
-            except StoreUnavailable as e:
-                if time.monotonic() > deadline:
+            except StoreError as e:  # unavailable: retried; refused for good: given up
+                if not isinstance(e, StoreUnavailable) or time.monotonic() > deadline:
                     logger.error("cannot take over the books of the worker that died: %s", e)
                     return False
                 await asyncio.sleep(1.0)

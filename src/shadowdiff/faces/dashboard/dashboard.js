@@ -74,12 +74,15 @@
 
   const fmtRatio = (x) => (typeof x === "number" && Number.isFinite(x) ? `${x.toFixed(2)}×` : "—");
 
-  function fmtAgo(ms) {
-    const s = Math.max(0, Math.round(ms / 1000));
-    if (s < 90) return `${s} s ago`;
-    if (s < 5400) return `${Math.round(s / 60)} min ago`;
-    return `${(s / 3600).toFixed(1)} h ago`;
+  function fmtDuration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 90) return `${s} s`;
+    if (s < 5400) return `${Math.round(s / 60)} min`;
+    if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+    return `${(s / 86400).toFixed(1)} days`;
   }
+
+  const fmtAgo = (ms) => `${fmtDuration(ms / 1000)} ago`;
 
   function byPrefix(counts, prefix) {
     const out = [];
@@ -368,7 +371,32 @@
     const checks = Array.isArray(doc.checks) ? doc.checks : [];
     renderRoutes(Array.isArray(doc.routes) ? doc.routes : [], checks);
     renderChecks(checks);
+    renderDeciding(checks);
     renderTitle();
+  }
+
+  /** How long until every inconclusive check can pass or fail, from each check's `needs`:
+   * the longest wait at the routes' current rates (the routes run side by side). */
+  function renderDeciding(checks) {
+    const waiting = checks.filter((c) => c.result === "INCONCLUSIVE");
+    const needs = waiting.map((c) => c.needs).filter((n) => n && typeof n.pairs === "number");
+    const stuck = waiting.length - needs.length;
+    const which = stuck ? `${needs.length} of them` : "every inconclusive check";
+    const parts = [];
+    if (needs.length && needs.every((n) => typeof n.seconds === "number")) {
+      const wait = Math.max(...needs.map((n) => n.seconds));
+      parts.push(`About ${fmtDuration(wait)} more at the current rates should decide ${which}.`);
+    } else if (needs.length) {
+      const most = Math.max(...needs.map((n) => n.pairs));
+      parts.push(`Up to ${fmtCount(most)} more pairs per route should decide ${which}.`);
+    }
+    if (stuck) {
+      const what = `${stuck} inconclusive check${stuck === 1 ? "" : "s"}`;
+      parts.push(`More pairs alone would not decide ${what} (see their details).`);
+    }
+    const line = $("deciding");
+    line.textContent = parts.join(" ");
+    line.hidden = parts.length === 0;
   }
 
   function renderRoutes(routes, checks) {
