@@ -219,26 +219,6 @@ async def test_stopping_compares_what_it_holds_for_a_bounded_time_and_counts_the
     assert imbalance(counts) == [] and final.counts == counts
 
 
-async def test_samples_beyond_what_the_comparisons_can_take_are_dropped_before_mirroring(
-    tmp_path, shadow: Backend, monkeypatch
-):
-    """Soak: when comparing falls behind, the samples past what a stop could still compare are
-    dropped at once as `busy`, their copies never sent, instead of piling up for the stop."""
-    monkeypatch.setattr(worker_module, "BUSY_MIN", 10)
-    worker = make_worker(tmp_path, shadow.url)
-    for i in range(10):
-        worker.on_record(snapshot(i))
-        worker.on_record(primary(i))
-    while len(worker.batch) < 10:
-        await asyncio.sleep(0.05)
-    for i in range(10, 30):
-        worker.on_record(snapshot(i))
-    assert len(shadow.seen) == 10
-    counts = await finish(worker, {"seen": 30, "sampled": 30})
-    assert counts["recorded"] == 10 and counts["dropped.busy"] == 20
-    assert imbalance(counts) == []
-
-
 def live_worker(tmp_path, shadow_url: str, **options: object) -> Worker:
     """A worker as the proxy's composition root builds it: with a switch."""
     cfg = load_config(

@@ -217,8 +217,6 @@ class Replayer:
         if len(request.body) > self.cfg.mirror.max_body:
             self.tally("dropped.too_large")
             return
-        while self.worker.busy():  # a replay waits for the comparisons to catch up
-            await asyncio.sleep(0.05)
         exchange = self.worker.on_request(request)
         if exchange is None:  # dropped by the worker, and counted there
             return

@@ -32,10 +32,6 @@ FINAL_WRITE = 5.0
 FINAL_ANALYSIS = 5.0
 """Seconds a stopping worker spends comparing the exchanges it holds: with bodies that are
 slow to compare, more could be held than any stop can wait for (the tap's STOP_MARGIN)."""
-BUSY_MIN = 500
-"""Exchanges that may always wait for comparison, whatever the measured pace."""
-PACE_DECAY = 0.9
-"""Weight of the earlier flushes in the store thread's measured pace, at each flush."""
 FLUSH_BUDGET = 1.0
 """Seconds of comparison one flush does at most, so a flush in progress never holds the end
 of the worker (or its counters' next write) for longer."""
@@ -72,8 +68,6 @@ class Worker:
         self.tap_seen_at = time.monotonic()
         self.batch: list[Exchange] = []
         self.batch_bytes = 0  # held_bytes of the batch: the recorder's budget covers it
-        self.paced = (0.0, 0.0)  # exchanges the store thread got through, and in what time
-        self.comparing = 0  # exchanges of the batch the store thread is comparing now
         self.dirty = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.recorder = Recorder(self.cfg, self.instance, store)
@@ -100,9 +94,6 @@ class Worker:
         if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
             self.drop("in_flight")
             return None
-        if self.busy():
-            self.drop("busy")
-            return None
         if not all(breaker.ready() for breaker in self.breakers.values()):
             self.drop("circuit_open")
             return None
@@ -118,15 +109,6 @@ class Worker:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def busy(self) -> bool:
-        """Whether comparing has fallen behind: more exchanges wait for it than the store
-        thread gets through in FINAL_ANALYSIS seconds at its measured pace (at least
-        BUSY_MIN). A live sample is then dropped at once (`busy`), before its copies go out,
-        rather than held for a stop that could only count it as `shutdown`; a replay waits."""
-        done, took = self.paced
-        waiting = len(self.batch) + self.comparing
-        return waiting >= max(BUSY_MIN, int(done / max(took, 1e-3) * FINAL_ANALYSIS))
-
     def drop(self, reason: str) -> None:
         self.count(f"dropped.{reason}")
 
@@ -141,14 +123,6 @@ class Worker:
         self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
     ) -> None:
         planned, reference = plan(self.cfg, self.targets, request.method, self.switch is not None)
-        result = None
-        if any(name == "primary" for name, _ in planned):
-            # The copies go out once the primary has answered the live request: sent beside
-            # it, the timed copy would share the primary with it and read slower than it is.
-            result = await self.answered(request, primary)
-            if result is None:
-                self.outstanding -= 1
-                return
         try:
             outcomes = await self.copies(request, planned, reference)
         except asyncio.CancelledError:
@@ -158,7 +132,7 @@ class Worker:
             self.primaries.pop(request.flow_id, None)
             self.drop("unsendable")
             return
-        if result is None and (result := await self.answered(request, primary)) is None:
+        if (result := await self.answered(request, primary)) is None:
             return
         x = Exchange(
             request=request,
@@ -246,24 +220,13 @@ class Worker:
         batch, self.batch, self.batch_bytes, self.dirty = self.batch, [], 0, False
         counts = {"tap": dict(self.tap_counts), "worker": dict(self.counts)}
         events = self.switch.take_events() if self.switch else []
-        started = time.monotonic()
-        self.comparing = len(batch)
-        try:
-            left = await asyncio.get_running_loop().run_in_executor(
-                self.executor,
-                self.recorder.record,
-                batch,
-                counts,
-                events,
-                started + budget,
-            )
-        finally:
-            self.comparing = 0
-        # The pace is work over time across recent flushes, never a mean of their rates,
-        # which the many quick flushes of small bodies would dominate.
-        self.paced = (
-            PACE_DECAY * self.paced[0] + len(batch) - len(left),
-            PACE_DECAY * self.paced[1] + time.monotonic() - started,
+        left = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            self.recorder.record,
+            batch,
+            counts,
+            events,
+            time.monotonic() + budget,
         )
         if left:
             self.batch[:0] = left
