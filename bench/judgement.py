@@ -52,6 +52,7 @@ from live_overhead import (  # noqa: E402
     HOST,
     LOAD_CPU,
     PROXY_CPU,
+    count,
     free_port,
     pin_proxy,
     running,
@@ -362,14 +363,6 @@ def scenario_list(text: str) -> list[str]:
             f"unknown scenario {', '.join(unknown) or '(none)'}; choose from {', '.join(SCENARIOS)}"
         )
     return names
-
-
-def count(text: str) -> int:
-    """A positive integer option (argparse says why not, in one line, exit 2)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def on_sigterm(signum: int, frame: object) -> None:

@@ -355,6 +355,14 @@ def on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def count(text: str) -> int:
+    """A positive integer option (argparse says why not, in one line, exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main() -> None:
     args = parse_args()
     if args.serve is not None:

@@ -46,7 +46,15 @@ from yarl import URL
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 # the foundation benchmark's helpers: ports, processes in their own session, /proc children
-from live_overhead import BIN, HOST, children, free_port, running, wait_port  # noqa: E402
+from live_overhead import (  # noqa: E402
+    BIN,
+    HOST,
+    children,
+    count,
+    free_port,
+    running,
+    wait_port,
+)
 
 RUN = "soak"
 HOSTILE_SHARE = 0.2
@@ -500,14 +508,6 @@ def over(ok: bool) -> str:
 
 def _listed(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
-
-
-def count(text: str) -> int:
-    """A positive integer option (argparse says why not, in one line, exit 2)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def main() -> None:
