@@ -8,7 +8,7 @@ import time
 
 from factories import snapshot
 
-from shadowdiff.channel import Control, Reader, Writer, frame
+from shadowdiff.channel import STORE_ATTEMPT, Control, Reader, Writer, frame
 from shadowdiff.model import RequestSnapshot
 
 
@@ -144,3 +144,10 @@ async def test_finish_gives_up_on_a_worker_that_never_ends():
     assert writer.finish(timeout=0.3) is False
     assert 0.25 < time.perf_counter() - started < 2
     theirs.close()
+
+
+def test_the_stop_bound_covers_the_longest_store_attempt():
+    """The tap's STOP_MARGIN counts on no store write blocking longer than STORE_ATTEMPT."""
+    from shadowdiff.store import postgres, sqlite
+
+    assert max(sqlite.LOCK_TIMEOUT, postgres.STATEMENT_TIMEOUT) <= STORE_ATTEMPT

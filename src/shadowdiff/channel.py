@@ -27,6 +27,25 @@ from shadowdiff.model import Outcome
 
 _HEADER = struct.Struct("!I")
 
+# -- how long a worker's stop may take, which the tap waits for ------------------------
+
+FLUSH_BUDGET = 1.0
+"""Seconds of comparison one flush does at most, so a flush in progress never holds the end
+of the worker (or its counters' next write) for longer."""
+FINAL_ANALYSIS = 5.0
+"""Seconds a stopping worker spends comparing the exchanges it holds: with bodies that are
+slow to compare, more could be held than any stop can wait for."""
+FINAL_WRITE = 5.0
+"""Seconds a stopping worker keeps retrying a store that refuses its last batch."""
+STORE_ATTEMPT = 10.0
+"""Seconds one store write may block at most: SQLite's lock timeout, PostgreSQL's statement
+timeout (a test holds the stores to it)."""
+STOP_MARGIN = FLUSH_BUDGET + FINAL_ANALYSIS + FINAL_WRITE + 3 * STORE_ATTEMPT + 2.0
+"""Seconds beyond `mirror.grace` that the end of the process gives a stopping worker: the
+flush in progress, the comparison of what it holds and the final write's retries, each
+ending with one store attempt that may wait its longest, and a margin for the books' reply.
+Beyond, the worker is killed, and said so."""
+
 
 # -- the records only the channel carries ---------------------------------------------
 

@@ -192,6 +192,11 @@ class Latency(Strict):
     """Methods whose copy may go to the primary: safe ones (RFC 9110 §9.2.1), which a second
     call does not change."""
 
+    @staticmethod
+    def copied(method: str) -> bool:
+        """Whether a `method` request may get a timed copy to the primary."""
+        return method in Latency.COPIED
+
 
 def check_reference(latency: Latency, info: ValidationInfo) -> Latency:
     """Refuses a reference the config cannot give: a secondary that is not configured, a
@@ -217,6 +222,13 @@ def latency_reference(cfg: Config) -> Reference:
     if cfg.secondary:
         return "secondary"
     return "primary" if cfg.primary else "proxy"
+
+
+def paired_by(cfg: Config, method: str) -> Reference | None:
+    """What times the latency baseline of a live `method` request; None: it has no pair (the
+    primary's timed copy goes only with a safe request, and no other clock stands in)."""
+    reference = latency_reference(cfg)
+    return None if reference == "primary" and not Latency.copied(method) else reference
 
 
 DEFAULT_IGNORED_HEADERS = [

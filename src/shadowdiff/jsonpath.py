@@ -151,6 +151,7 @@ class State:
         "normalizers",
         "unordered",
         "rules_below",
+        "positional",
     )
 
     def __init__(
@@ -179,6 +180,7 @@ class State:
             if kind in (_KEY, _INDEX):
                 literals.add(arg)
         self._literals = literals
+        self.positional = any(type(arg) is int for arg in literals)
 
     def key(self, key: Any) -> State:
         """The state at `key` of a dict at this state."""

@@ -129,12 +129,15 @@ def test_summary(tmp_path):
     x.shadow_diffs = [Divergence("body", "changed", "1 bytes", "1 bytes")]
     with SQLiteStore(path) as store:
         counts = {"seen": 3, "not_eligible.loop": 1, "not_sampled.rate": 1, "sampled": 1}
-        store.write("rc1", "h:1", [x], {"tap": counts, "worker": {"recorded": 1}})
+        worker = {"recorded": 1, "latency_reference.secondary": 1, "untimed.shadow": 1}
+        store.write("rc1", "h:1", [x], {"tap": counts, "worker": worker})
     result = shadowdiff("summary", f"--store={path}")
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
         "run 'rc1': seen 3, sampled 1, recorded 1, dropped 0",
         "  not eligible (loop): 1",
+        "  latency baseline: secondary 1",
+        "  untimed shadow copies (the worker's loop stalled): 1",
         "  GET /users/{id}: 1 exchanges: 0 matched, 0 ignored, 0 noise only, 1 divergent",
         "      (no secondary: noise cannot be told apart, every difference counts)",
         "      body changed: 1",

@@ -291,6 +291,33 @@ def test_reported_paths_work_as_ignore_patterns(data: st.DataObject) -> None:
     assert all(d.rule == "ignore" for d in ignored)
 
 
+def test_ignoring_positions_infers_no_reordering_across_them() -> None:
+    """Hypothesis found it: ignoring `$[1].id` let item 1 pair with itself modulo the rule,
+    which made the rest a permutation: an "ordering" at `$` that the reported paths did not
+    silence. A rule that names a position says positions matter."""
+    a, b = [[], {"id": 0}, 0], [0, {"id": 1}, []]
+    found = diff(a, b)
+    assert [(d.path, d.kind) for d in found] == [
+        ("$[0]", "type"),
+        ("$[1].id", "changed"),
+        ("$[2]", "type"),
+    ]
+    ignored = diff(a, b, Rules(ignore=tuple(d.path for d in found)))
+    assert [(d.path, d.kind, d.rule) for d in ignored] == [
+        (d.path, d.kind, "ignore") for d in found
+    ]
+    # a rule for every position still lets reordered items pair up modulo it
+    rows = [{"id": 1, "ts": 1}, {"id": 2, "ts": 2}, {"id": 3, "ts": 3}]
+    moved = [{"id": 2, "ts": 9}, {"id": 1, "ts": 8}, {"id": 3, "ts": 7}]
+    kinds = [(d.path, d.kind) for d in diff(rows, moved, Rules(ignore=("$[*].ts",)))]
+    assert kinds == [
+        ("$", "ordering"),
+        ("$[0].ts", "changed"),
+        ("$[1].ts", "changed"),
+        ("$[2].ts", "changed"),
+    ]
+
+
 # ---------------------------------------------------------------------------- kinds and paths
 
 

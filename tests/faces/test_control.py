@@ -92,7 +92,10 @@ async def test_metrics_match_store_and_divergence_fires_one_alert(
     route = (("result", "divergent"), ("route", "GET /users/{id}"))
     assert metrics["shadowdiff_route_exchanges_total"][route] == 40
     latency = (("route", "GET /users/{id}"), ("side", "shadow"))
-    assert metrics["shadowdiff_latency_seconds_count"][latency] == 40
+    untimed = metrics["shadowdiff_untimed_total"].get((("side", "shadow"),), 0)
+    assert metrics["shadowdiff_latency_seconds_count"][latency] + untimed == 40  # a stall: untimed
+    reference = metrics["shadowdiff_latency_reference_total"]
+    assert sum(reference.values()) == 40 and len(reference) == 1, reference
     assert metrics["shadowdiff_sample_rate"][()] == 1.0
     assert metrics["shadowdiff_breaker_open"][(("state", "closed"), ("target", "shadow"))] == 0
     status, health = await get(client, proxy.control + "/healthz")

@@ -285,4 +285,7 @@ async def test_mitmdump_script_route_and_reload(primary, shadow, client, tmp_pat
     assert instances == 2, out
     assert imbalance(counts) == [], (counts, out)
     assert counts["seen"] == 80 and 20 <= counts["recorded"] <= 60, counts
+    # the config names no primary: mitmproxy's reverse target is it, and times the baseline
+    assert counts["latency_reference.primary"] == counts["recorded"], counts
+    assert len(primary.seen) == 80 + counts["recorded"]  # the live requests and timed copies
     assert counts["recorded"] == len(shadow.seen)

@@ -254,6 +254,7 @@ async def test_recorded_primary_makes_latency_inconclusive(tmp_path, services):
     ]
     counts, _ = stored(store, "default")
     assert counts["replay.recorded_primary"] == counts["recorded"] == counts["matched"] == 60
+    assert not [name for name in counts if name.startswith("latency_reference.")]  # none timed
 
 
 async def run_replay(tmp_path: Path, flows: list, primary: str, shadow: str, **kw: object):

@@ -16,7 +16,14 @@ from conftest import Backend, serve_app
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.config import load_config
 from shadowdiff.model import Outcome, RequestSnapshot
-from shadowdiff.worker.mirror import Mirror, Unsendable, copy_headers, plan, timed_by_copy
+from shadowdiff.worker.mirror import (
+    LagWatch,
+    Mirror,
+    Unsendable,
+    copy_headers,
+    plan,
+    timed_by_copy,
+)
 
 
 def request(path: str = "/x?a=1", body: bytes = b"", headers=None) -> RequestSnapshot:
@@ -264,3 +271,17 @@ async def test_a_copy_out_while_the_loop_stalled_is_not_timed(shadow: Backend):
         await mirror.close()
     assert calm.status == 200 and calm.latency is not None and calm.latency >= 0.05
     assert stalled.status == 200 and stalled.latency is None
+
+
+async def test_the_lag_watch_sees_a_stall_before_its_overdue_look():
+    """A copy's answer can be read right after a stall, before the watch's own look: the
+    stall in progress counts already, or that copy would keep a latency it should not."""
+    watch = LagWatch()
+    watch.start()
+    try:
+        await asyncio.sleep(0.02)
+        before = watch.stalled
+        time.sleep(0.05)  # the loop held; no look has run since
+        assert watch.stalled - before >= 0.04
+    finally:
+        watch.stop()

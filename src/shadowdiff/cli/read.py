@@ -14,7 +14,7 @@ import yaml
 
 from shadowdiff.cli.common import CONFIG, RUN, STORE_PATH, UsageProblem, cli, face_config, options
 from shadowdiff.config import Config
-from shadowdiff.counts import by_reason, imbalance, summary_line
+from shadowdiff.counts import LATENCY_REFERENCE, by_reason, imbalance, summary_line
 from shadowdiff.store import Store, open_store
 
 
@@ -58,6 +58,12 @@ def summary(store_path: str, run_name: str | None, config_path: str | None, fiel
                 click.echo(f"  not eligible ({reason}): {n}")
             for problem in imbalance(counts):
                 click.echo(f"  accounting: {problem}")
+            timing = by_reason(counts, LATENCY_REFERENCE)
+            if timing:
+                text = ", ".join(f"{ref} {n}" for ref, n in sorted(timing.items()))
+                click.echo(f"  latency baseline: {text}")
+            for side, n in sorted(by_reason(counts, "untimed").items()):
+                click.echo(f"  untimed {side} copies (the worker's loop stalled): {n}")
             found_all = findings(
                 store.routes(run),
                 store.divergence_rows(run),

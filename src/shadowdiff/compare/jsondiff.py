@@ -431,10 +431,16 @@ class _Walker:
                 self._emit((path, j), state.index(j), "added", None, b[j])
 
     def _match(
-        self, a: list[Any], b: list[Any], ia: list[int], ib: list[int], state: State
+        self,
+        a: list[Any],
+        b: list[Any],
+        ia: list[int],
+        ib: list[int],
+        state: State,
+        modulo_rules: bool = True,
     ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[int], list[int]]:
         """Multiset matching of a[ia] against b[ib]: exact pairs, pairs equal modulo rules
-        (ignored keys, unordered lists inside), and the unmatched on each side."""
+        (ignored keys, unordered lists inside) if `modulo_rules`, and the unmatched on each side."""
         items = [a[i] for i in ia] + [b[j] for j in ib]
         try:
             keys: list[Hashable] = [
@@ -445,7 +451,7 @@ class _Walker:
             keys = [(type(x), x) if type(x) in _SCALARS else self._canon(x, None) for x in items]
         exact, left_a, left_b = _pair_up(ia, keys[: len(ia)], ib, keys[len(ia) :])
         loose: list[tuple[int, int]] = []
-        if left_a and left_b and state.rules_below and not state.ignored:
+        if modulo_rules and left_a and left_b and state.rules_below and not state.ignored:
             ka: list[Hashable] = [self._canon(a[i], state.index(i)) for i in left_a]
             kb: list[Hashable] = [self._canon(b[j], state.index(j)) for j in left_b]
             loose, left_a, left_b = _pair_up(left_a, ka, left_b, kb)
@@ -454,8 +460,12 @@ class _Walker:
     def _reordered(
         self, a: list[Any], b: list[Any], differ: list[int], path: _Path, state: State, depth: int
     ) -> bool:
-        """Report a permutation as one "ordering" difference; False if it is none."""
-        exact, loose, left_a, left_b = self._match(a, b, differ, differ, state)
+        """Report a permutation as one "ordering" difference; False if it is none. Items
+        equal modulo rules pair up too, unless a rule names a position in this list: then
+        positions matter, and items are not compared across them under different rules."""
+        exact, loose, left_a, left_b = self._match(
+            a, b, differ, differ, state, modulo_rules=not state.positional
+        )
         if left_a or left_b:
             return False
         if any(i != j for i, j in exact + loose):

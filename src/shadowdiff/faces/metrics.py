@@ -58,6 +58,8 @@ _BY = {
     "secondary_error": ("kind", "Secondary copies that failed, by error kind."),
     "alerts": ("outcome", "Alerts sent, failed, debounced or dropped."),
     "worker": ("event", "Worker processes started again by the proxy after one died."),
+    "untimed": ("side", "Copies left untimed: the worker's loop stalled while they were out."),
+    "latency_reference": ("reference", "Exchanges by what timed the shadow's baseline."),
 }
 
 

@@ -229,7 +229,7 @@ def baseline(rd: RouteData) -> str:
 
 def _no_pair(rd: RouteData, n: int, needed: int, what: str = "") -> str:
     """Why a route has too few latency pairs: a method the primary's timed copy never takes."""
-    if n == 0 and rd.reference == "primary" and rd.route.split(" ", 1)[0] not in Latency.COPIED:
+    if n == 0 and rd.reference == "primary" and not Latency.copied(rd.route.split(" ", 1)[0]):
         return (
             "no latency pair: only GET, HEAD and OPTIONS get a timed copy to the primary; "
             "configure a secondary"

@@ -21,19 +21,28 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
-from shadowdiff.channel import Control, Final, PrimaryResult, Setup, TapCounts, Writer
+from shadowdiff.channel import (
+    STOP_MARGIN,
+    Control,
+    Final,
+    PrimaryResult,
+    Setup,
+    TapCounts,
+    Writer,
+)
 from shadowdiff.config import (
     SHADOW_MARKER,
     Config,
-    Latency,
     access_token,
-    latency_reference,
     load_config,
+    paired_by,
 )
 from shadowdiff.counts import WORKER_RESTARTS
 from shadowdiff.errors import ConfigError
@@ -49,11 +58,6 @@ RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 one, mirroring stays off (samples counted as `dropped.worker_down`) until the proxy restarts."""
 STABLE = 60.0
 """Seconds a worker must live for its death to count as the first in a row again."""
-STOP_MARGIN = 25.0
-"""Seconds beyond `mirror.grace` that the end of the process gives a stopping worker: it
-compares what it holds for 5 s at most, its final write retries for 5 s, and one SQLite
-attempt can wait 10 s on a lock. Beyond, it is killed, and said so."""
-
 _UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 """Bytes no HTTP client puts in a header (of the controls, RFC 9110 allows only HTAB)."""
 
@@ -100,6 +104,17 @@ _OPTIONS = {
 }
 _NAMES = {key: "--" + option.removeprefix("shadowdiff_") for option, key in _OPTIONS.items()}
 """How a bad override is named in its one-line error: as the flag that set it."""
+
+
+def _reverse_target(modes: Sequence[str]) -> str | None:
+    """The primary's URL when mitmproxy proxies to one HTTP server in reverse mode: the live
+    traffic goes there, so the primary's timed copies go there too, whatever the config says."""
+    targets = set()
+    for spec in modes:
+        mode = mode_specs.ProxyMode.parse(spec)
+        if isinstance(mode, mode_specs.ReverseMode) and mode.scheme in ("http", "https"):
+            targets.add(mode.data)
+    return targets.pop() if len(targets) == 1 else None
 
 
 def primary_error_kind(message: str) -> str:
@@ -165,7 +180,7 @@ class ShadowDiff:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if not updated & ({"shadowdiff_config"} | set(_OPTIONS)):
+        if not updated & ({"shadowdiff_config", "mode"} | set(_OPTIONS)):
             return
         path = ctx.options.shadowdiff_config
         overrides: dict[str, Any] = {
@@ -173,6 +188,7 @@ class ShadowDiff:
         }
         if not path and not any(overrides.values()):
             return  # embedded with a preset config, or not configured yet
+        overrides["primary"] = _reverse_target(ctx.options.mode)
         base = self.preset.model_dump() if self.preset else None
         try:
             cfg = load_config(path, overrides, base=None if path else base, names=_NAMES)
@@ -363,8 +379,11 @@ class ShadowDiff:
         # only for `proxy`; for `primary` the worker's timed copy replaces it, and a request
         # no copy is sent for gets none: it is never paired across two clocks.
         latency = None
-        paired = latency_reference(self.cfg) != "primary" or flow.request.method in Latency.COPIED
-        if paired and response.timestamp_end and flow.request.timestamp_end:
+        if (
+            paired_by(self.cfg, flow.request.method)
+            and response.timestamp_end
+            and flow.request.timestamp_end
+        ):
             latency = response.timestamp_end - flow.request.timestamp_end
         outcome = Outcome(
             status=response.status_code,

@@ -306,6 +306,7 @@ async def replay(
     instance = f"replay:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     store = open_store(cfg.store)
     worker = Worker(Setup(config=cfg, instance=instance), store)
+    worker.recorded_primary = primary is None
     for reason, n in recording.skipped.items():
         worker.count(f"skipped.{reason}", n)
     replayer = Replayer(worker, sampling, primary, concurrency, rate)

@@ -19,6 +19,9 @@ from shadowdiff.store import schema
 from shadowdiff.store.base import Backend, Batch, Rows
 from shadowdiff.store.schema import clean
 
+LOCK_TIMEOUT = 10.0
+"""Seconds one statement waits for another process's lock before the write is retried."""
+
 
 @contextmanager
 def _translated(opening: str | None = None) -> Iterator[None]:
@@ -78,7 +81,7 @@ class SQLiteStore(Backend):
         if create:
             _create_private(self.path)
         with _translated(opening=self.path):
-            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=LOCK_TIMEOUT)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.create_function("apply_merge", 3, apply_merge, deterministic=True)

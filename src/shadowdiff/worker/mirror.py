@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import aiohttp
 from yarl import URL
 
-from shadowdiff.config import SHADOW_MARKER, Config, Latency, Reference, latency_reference
+from shadowdiff.config import SHADOW_MARKER, Config, Reference, latency_reference, paired_by
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.model import Headers, Outcome, RequestSnapshot
 
@@ -84,11 +84,9 @@ def plan(
     replay (not `live`) calls the primary itself, timed on this same clock, and that only a
     safe request gets a timed copy to the primary."""
     copies = list(targets.items())
-    reference: Reference | None = latency_reference(cfg)
-    if reference != "secondary" and not live:
+    reference = paired_by(cfg, method)
+    if latency_reference(cfg) != "secondary" and not live:
         reference = "primary"
-    elif reference == "primary" and method not in Latency.COPIED:
-        reference = None
     elif reference == "primary":
         assert cfg.primary is not None  # the config refuses reference primary without it
         copies.append(("primary", cfg.primary))
@@ -119,19 +117,29 @@ class LagWatch:
     in flight across a stall that long is given no latency (`untimed`), and left unjudged."""
 
     def __init__(self) -> None:
-        self.stalled = 0.0
+        self.past = 0.0  # the stalls of the looks already taken
+        self.due = 0.0  # when the look in progress is due (loop time)
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._watch())
 
+    @property
+    def stalled(self) -> float:
+        """The stalls so far, the one in progress included: a copy whose answer is read
+        before the watch's overdue look still sees the stall it went through."""
+        if self.task is None:
+            return self.past
+        late = asyncio.get_running_loop().time() - self.due - LAG_SLACK
+        return self.past + max(0.0, late)
+
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            due = loop.time() + LAG_TICK
+            self.due = loop.time() + LAG_TICK
             await asyncio.sleep(LAG_TICK)
-            self.stalled += max(0.0, loop.time() - due - LAG_SLACK)
+            self.past += max(0.0, loop.time() - self.due - LAG_SLACK)
 
     def stop(self) -> None:
         if self.task is not None:

@@ -16,7 +16,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shadowdiff.channel import Final, PrimaryResult, Setup, TapCounts
+from shadowdiff.channel import (
+    FINAL_ANALYSIS,
+    FINAL_WRITE,
+    FLUSH_BUDGET,
+    Final,
+    PrimaryResult,
+    Setup,
+    TapCounts,
+)
 from shadowdiff.counts import LATENCY_REFERENCE, WORKER_RESTARTS, summary_line, total
 from shadowdiff.model import Exchange, Outcome, RequestSnapshot
 from shadowdiff.store import Store, StoreError, StoreUnavailable
@@ -26,15 +34,6 @@ from shadowdiff.worker.recorder import Recorder, held_bytes
 from shadowdiff.worker.switch import Switch
 
 logger = logging.getLogger("shadowdiff.worker")
-
-FINAL_WRITE = 5.0
-"""Seconds a stopping worker keeps retrying a store that refuses its last batch."""
-FINAL_ANALYSIS = 5.0
-"""Seconds a stopping worker spends comparing the exchanges it holds: with bodies that are
-slow to compare, more could be held than any stop can wait for (the tap's STOP_MARGIN)."""
-FLUSH_BUDGET = 1.0
-"""Seconds of comparison one flush does at most, so a flush in progress never holds the end
-of the worker (or its counters' next write) for longer."""
 
 TAP_STALE = 5.0
 """Seconds without the tap's counters after which the proxy is reported unhealthy."""
@@ -72,6 +71,7 @@ class Worker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.recorder = Recorder(self.cfg, self.instance, store)
         self.switch: Switch | None = None  # the kill switch and auto-pause of a live worker
+        self.recorded_primary = False  # a replay against recorded responses: no baseline timed
 
     # -- records from the tap -------------------------------------------------------------
 
@@ -123,6 +123,8 @@ class Worker:
         self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
     ) -> None:
         planned, reference = plan(self.cfg, self.targets, request.method, self.switch is not None)
+        if self.recorded_primary:
+            reference = None
         try:
             outcomes = await self.copies(request, planned, reference)
         except asyncio.CancelledError:
