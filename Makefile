@@ -27,17 +27,20 @@ lint: $(STAMP)
 # Real parts the tests use, installed when missing: Debian's headless chromium (report and
 # dashboard), nginx (the fleet in front of two proxies) and PostgreSQL (the fleet's shared
 # store; the tests start a throwaway cluster of their own unless SHADOWDIFF_TEST_PG is set),
-# prometheus for promtool (the shipped rules are checked and unit-tested; its server is not run),
+# promtool from Debian's prometheus package, without its recommends (the node exporter): the
+# shipped rules are checked and unit-tested; the tests run no Prometheus server,
 # and two released versions of Datasette for the release review (.ci/review-services).
 system:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages for the tests:$$missing"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	bare=""; command -v promtool >/dev/null || bare="prometheus"; \
+	if [ -n "$$missing$$bare" ]; then \
+	  echo "installing Debian packages for the tests:$$missing $$bare"; \
+	  apt-get update -q \
+	  && { [ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; } \
+	  && { [ -z "$$bare" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$bare; }; \
 	fi
 	@.ci/review-services
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -189,6 +190,28 @@ async def test_retried_until_success(receiver: StartReceiver, make_alerter: Make
     assert alerter.counts == {"alerts.sent": 1}
     assert len(hook.seen) == 3
     assert hook.seen[0][2] == hook.seen[2][2]  # the same alert each time
+
+
+async def test_429_is_retried_and_other_4xx_are_not(
+    receiver: StartReceiver, make_alerter: MakeAlerter, caplog: pytest.LogCaptureFixture
+):
+    """A 429 (or a 5xx) may pass later; a 400 or a 404 would fail the same way again."""
+    caplog.set_level(logging.WARNING, logger="shadowdiff.alerts")
+    limited = await receiver(429, 429, 200)
+    refused = await receiver(400)
+    gone = await receiver(404)
+    alerter = await make_alerter(
+        (limited.url, "slack"), (refused.url, "slack"), (gone.url, "generic"), retries=3
+    )
+
+    alerter.fire(route_fail())
+    await alerter.close(5)
+
+    assert (len(limited.seen), len(refused.seen), len(gone.seen)) == (3, 1, 1)
+    assert alerter.counts == {"alerts.sent": 1, "alerts.failed": 2}
+    lines = warnings(caplog)
+    assert sorted(re.findall(r"HTTP (\d+)", " ".join(lines))) == ["400", "404"]
+    assert all("1 attempt" in line for line in lines)
 
 
 async def test_always_failing_counted_once_and_logged_without_path(

@@ -9,9 +9,10 @@ The contract, because the caller is the worker's event loop and must never suffe
 - Bounded: each webhook has its own queue of at most `max_queue` alerts and a few concurrent
   senders, so a dead webhook delays only its own deliveries, and only for as long as its
   retries take. An alert that finds a webhook's queue full is counted `alerts.dropped`.
-- Retried: a failed POST (non-2xx, connection error, timeout) is retried `retries` times with
-  exponential backoff, then counted `alerts.failed` and logged once, naming only the host
-  (a Slack webhook URL is a secret).
+- Retried: a POST that may succeed later (429, 5xx, connection error, timeout) is retried
+  `retries` times with exponential backoff; any other answer (a 4xx: a bad URL or payload,
+  a revoked key) would fail the same way again and is not. Then it is counted `alerts.failed`
+  and logged once, naming only the host (a Slack webhook URL is a secret).
 - Counted per delivery (one alert to one webhook): each ends `alerts.sent`, `alerts.failed`
   or `alerts.dropped` (queue full, or still undelivered when `close` gives up).
 """
@@ -215,14 +216,17 @@ class Alerter:
             payload = _generic_payload(alert, self.run, at)
         # default=str: a stray non-JSON value in `details` must not lose the alert.
         body = orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS)
-        attempts = self.cfg.retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF))
-            reason = await self._post(session, lane.webhook.url, body)
+        attempts = 0
+        while True:
+            if attempts:
+                await asyncio.sleep(min(self.backoff * 2 ** (attempts - 1), MAX_BACKOFF))
+            attempts += 1
+            reason, retry = await self._post(session, lane.webhook.url, body)
             if reason is None:
                 self.counts["alerts.sent"] += 1
                 return
+            if not retry or attempts > self.cfg.retries:
+                break
         self.counts["alerts.failed"] += 1
         logger.warning(
             "alert %s to webhook at %s failed after %d attempt(s): %s",
@@ -232,8 +236,11 @@ class Alerter:
             reason,
         )
 
-    async def _post(self, session: aiohttp.ClientSession, url: str, body: bytes) -> str | None:
-        """One attempt; None on a 2xx, else why not. Never raises."""
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, body: bytes
+    ) -> tuple[str | None, bool]:
+        """One attempt: None on a 2xx, else why not; and whether trying again may help.
+        Never raises."""
         try:
             async with session.post(
                 url,
@@ -242,7 +249,8 @@ class Alerter:
                 allow_redirects=False,
             ) as response:
                 if 200 <= response.status < 300:
-                    return None
-                return f"HTTP {response.status} {response.reason or ''}".rstrip()
+                    return None, False
+                reason = f"HTTP {response.status} {response.reason or ''}".rstrip()
+                return reason, response.status == 429 or response.status >= 500
         except Exception as e:  # noqa: BLE001 - a delivery never raises: a failure is a reason
-            return _reason(e)
+            return _reason(e), True

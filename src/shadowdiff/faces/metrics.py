@@ -30,7 +30,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from shadowdiff.compare import OTHER
-from shadowdiff.counts import by_reason
+from shadowdiff.counts import WORKER_RESTARTS, by_reason
 from shadowdiff.model import DIVERGENT, IGNORED, MATCHED, Exchange, apply_merge, result_of
 from shadowdiff.store import clean
 
@@ -61,6 +61,9 @@ _BY = {
     "untimed": ("side", "Copies left untimed: the worker's loop stalled while they were out."),
     "latency_reference": ("reference", "Exchanges by what timed the shadow's baseline."),
 }
+_FROM_ZERO = {WORKER_RESTARTS}
+"""Children exported before they first count, so that `increase()` sees the first one (a
+series that appears at 1 has increased by nothing): what an alert rule counts from zero."""
 
 
 @dataclass
@@ -91,7 +94,8 @@ class _Books(Collector):
             yield CounterMetricFamily(f"{PREFIX}_{name}", help_text, value=counts.get(name, 0))
         for prefix, (label, help_text) in _BY.items():
             family = CounterMetricFamily(f"{PREFIX}_{prefix}", help_text, labels=[label])
-            for reason, value in sorted(by_reason(counts, prefix).items()):
+            zeros = {k.split(".", 1)[1]: 0 for k in _FROM_ZERO if k.startswith(prefix + ".")}
+            for reason, value in sorted((zeros | by_reason(counts, prefix)).items()):
                 family.add_metric([reason], value)
             yield family
         g = self.gauges
