@@ -229,9 +229,11 @@ def datasette(tmp_path: Path) -> Iterator[Callable[..., Any]]:
                 stderr=subprocess.STDOUT,
             )
         started.append(process)
-        try:
-            await wait_listening(port, timeout=30)
-        except TimeoutError:
+        listening = asyncio.ensure_future(wait_listening(port, timeout=30))
+        while not listening.done() and process.poll() is None:  # a crash fails at once
+            await asyncio.wait({listening}, timeout=0.1)
+        if not listening.done() or listening.exception() is not None:
+            listening.cancel()
             pytest.fail(f"Datasette {version} did not start:\n{log.read_text()}", pytrace=False)
         return f"http://127.0.0.1:{port}"
 
