@@ -91,6 +91,12 @@ async def test_books_gauges_and_routes():
     assert (await parsed(metrics))[("shadowdiff_sample_rate", ())] == 0.0
 
 
+async def test_a_workers_restarts_are_exported_from_zero():
+    """`increase()` sees no first restart in a series that is born at 1 (the shipped alert)."""
+    got = await parsed(idle())
+    assert got[("shadowdiff_worker_total", (("event", "restarts"),))] == 0
+
+
 async def test_route_labels_are_capped_for_the_workers_lifetime():
     metrics = Metrics("rc1", dict, lambda: Gauges(1.0, False, 0), max_routes=10)
     cap = 10 * LABELS_PER_ROUTE

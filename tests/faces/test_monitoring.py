@@ -141,13 +141,6 @@ async def test_every_query_names_a_metric_a_worker_exports():
                     assert (label, value) in ours[name], f"{name}{{{label}={value!r}}}: {expr!r}"
 
 
-async def test_a_workers_restarts_are_exported_from_zero():
-    """`increase()` sees no first restart in a series that is born at 1."""
-    metrics = Metrics("rc1", dict, lambda: Gauges(1.0, False, 0), max_routes=10)
-    text = (await metrics.scrape()).decode()
-    assert 'shadowdiff_worker_total{event="restarts"} 0.0' in text
-
-
 def test_the_dashboard_is_a_grafana_dashboard():
     board = dashboard()
     assert board["schemaVersion"] >= 36  # Grafana 9.x and later: datasource references by uid

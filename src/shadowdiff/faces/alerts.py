@@ -216,23 +216,21 @@ class Alerter:
             payload = _generic_payload(alert, self.run, at)
         # default=str: a stray non-JSON value in `details` must not lose the alert.
         body = orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS)
-        attempts = 0
-        while True:
-            if attempts:
-                await asyncio.sleep(min(self.backoff * 2 ** (attempts - 1), MAX_BACKOFF))
-            attempts += 1
+        for attempt in range(1, self.cfg.retries + 2):
+            if attempt > 1:
+                await asyncio.sleep(min(self.backoff * 2 ** (attempt - 2), MAX_BACKOFF))
             reason, retry = await self._post(session, lane.webhook.url, body)
             if reason is None:
                 self.counts["alerts.sent"] += 1
                 return
-            if not retry or attempts > self.cfg.retries:
+            if not retry:
                 break
         self.counts["alerts.failed"] += 1
         logger.warning(
             "alert %s to webhook at %s failed after %d attempt(s): %s",
             alert.event,
             lane.host,
-            attempts,
+            attempt,
             reason,
         )
 
