@@ -69,14 +69,23 @@ async def nginx(tmp_path: Path, ports: list[int]) -> AsyncIterator[str]:
         process.wait(timeout=10)
 
 
+CUT = 0
+"""The status `drive` gives a response whose body was cut off after its headers: only a proxy
+killed mid-answer does that (nginx cannot retry what it has begun to forward)."""
+
+
 async def drive(client: aiohttp.ClientSession, base: str, count: int) -> list[int]:
+    """`count` GETs, 10 at a time; their statuses (CUT for a body cut short)."""
     statuses = []
     for start in range(0, count, 10):
 
         async def one(i: int) -> int:
             path = f"/users/{i}" if i % 2 else f"/orders/{i}"
             async with client.get(base + path) as r:
-                await r.read()
+                try:
+                    await r.read()
+                except aiohttp.ClientPayloadError:
+                    return CUT
                 return r.status
 
         statuses += await asyncio.gather(*(one(i) for i in range(start, start + 10)))
@@ -151,7 +160,10 @@ async def killed(start_proxy, client, tmp_path, primary, shadow, store: str) -> 
         await asyncio.sleep(0.3)
         two.process.send_signal(signal.SIGKILL)  # a crash: no goodbye, no last counts
         rest = await traffic
-    assert set(first + rest) == {200}, "nginx retried what the dead proxy could not answer"
+    assert set(first) == {200}
+    # nginx retries what the dead proxy had not begun to answer; one it was answering at the
+    # kill (headers out, body not) is cut, at most the 10 requests in flight then
+    assert set(rest) - {CUT} == {200} and rest.count(CUT) <= 10, rest
     await one.stop()
     await two.stop(clean=False)
     await asyncio.sleep(1.0)  # the dead proxy's worker flushes what it held, then exits
