@@ -37,6 +37,19 @@ async def wait_listening(port: int, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+async def written(client: Any, control: str, n: int, timeout: float = 30.0) -> None:
+    """Returns once the proxy whose control server is `control` has recorded `n` exchanges
+    (so a stop that follows bounds nothing): fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with client.get(control + "/api/status") as r:
+            counts = (await r.json())["counts"]
+        if counts.get("recorded", 0) >= n:
+            return
+        assert time.monotonic() < deadline, counts
+        await asyncio.sleep(0.1)
+
+
 def alerting_config(receiver: Receiver, tmp_path: Path, **auto: Any) -> Config:
     """A config whose alerts go to `receiver` at once; `auto`: alerts.auto_pause settings."""
     return load_config(

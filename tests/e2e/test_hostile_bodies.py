@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from helpers import written
 
 from conftest import serve_app, shadowdiff
 from shadowdiff.compare.outcomes import MAX_DIVERGENCES
@@ -63,6 +64,9 @@ async def test_deep_and_huge_bodies_leave_the_judge_standing(start_proxy, client
     for _ in range(LISTS):
         async with client.get(proxy.url + "/list") as r:
             assert r.status == 200 and len(await r.json()) == ITEMS
+    # every list compared before the stop (a slow machine compares 20 of them for seconds,
+    # more than the stop's bound would wait)
+    await written(client, proxy.control, len(DEPTHS) + LISTS, timeout=120)
     shown = await examples(client, proxy.control, "GET /u/{id}", "body:$.by", len(DEPTHS))
     assert sorted(e["request_body"] for e in shown) == sorted(deep)  # as they came
     shown = await examples(client, proxy.control, "GET /list", "body:$[7]", 5)

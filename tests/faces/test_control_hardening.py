@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from helpers import written
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Backend, Proxy
@@ -69,18 +70,6 @@ async def flow(client: aiohttp.ClientSession, base: str, paths: list[str]) -> No
     await asyncio.gather(*(one() for _ in range(20)))
 
 
-async def settled(proxy: Proxy, client: aiohttp.ClientSession, n: int) -> None:
-    """Waits until the worker wrote `n` exchanges."""
-    deadline = time.monotonic() + 30
-    while True:
-        async with client.get(proxy.control + "/api/status") as r:
-            counts = (await r.json())["counts"]
-        if counts.get("recorded", 0) >= n:
-            return
-        assert time.monotonic() < deadline, counts
-        await asyncio.sleep(0.1)
-
-
 async def mirroring_all(
     start_proxy: Any, primary: Backend, shadow: Backend, tmp_path: Path, routes: str
 ) -> Proxy:
@@ -108,13 +97,13 @@ async def test_crafted_paths_keep_the_route_labels_capped(
             paths = [p + c for p in prefixes[phase : phase + 3] for c in values]
             await flow(client, proxy.url, paths)
             sent += len(paths)
-            await settled(proxy, client, sent)
+            await written(client, proxy.control, sent)
     labels: set[str] = set()
     scrapes = asyncio.gather(*(scrape(client, proxy) for _ in range(5)))
     await flow(client, proxy.url, [f"/alpha/alpha/{i}" for i in range(100)])  # copies flow
     for got in await scrapes:
         labels |= got
-    await settled(proxy, client, sent + 100)
+    await written(client, proxy.control, sent + 100)
     labels |= await scrape(client, proxy)
     with SQLiteStore(proxy.store, create=False) as store:
         routes = set(store.routes("test"))
@@ -128,12 +117,12 @@ async def test_a_non_utf8_path_byte_never_breaks_metrics(
 ) -> None:
     proxy = await start_proxy(f"--primary={primary.url}", f"--shadow={shadow.url}", "--sample=1")
     await flow(client, proxy.url, ["/before"])
-    await settled(proxy, client, 1)
+    await written(client, proxy.control, 1)
     assert await scrape(client, proxy) == {"GET /before"}
     status, _ = await raw(proxy.port, get_request(b"/caf\xff", b"x"))
     assert status == 400  # the primary's own answer to it, passed on
     await flow(client, proxy.url, ["/after"])
-    await settled(proxy, client, 3)
+    await written(client, proxy.control, 3)
     assert await scrape(client, proxy) == {"GET /before", "GET /caf\\udcff", "GET /after"}
     assert await scrape(client, proxy)  # and on every later scrape
     await proxy.stop()
@@ -146,7 +135,7 @@ async def test_a_big_scrape_does_not_hold_up_the_control_server(
     proxy = await mirroring_all(start_proxy, primary, shadow, tmp_path, routes)
     paths = [f"/p{i}" for i in range(1500)]
     await flow(client, proxy.url, paths)
-    await settled(proxy, client, len(paths))
+    await written(client, proxy.control, len(paths))
     started = time.monotonic()
     big = asyncio.ensure_future(exposition(client, proxy))  # parsed afterwards, not meanwhile
     waits: list[float] = []
@@ -195,7 +184,7 @@ async def test_made_up_routes_answer_404_at_once(
 ) -> None:
     proxy = await start_proxy(f"--primary={primary.url}", f"--shadow={shadow.url}", "--sample=1")
     await flow(client, proxy.url, [f"/users/{i}" for i in range(5)])
-    await settled(proxy, client, 5)
+    await written(client, proxy.control, 5)
 
     async def verdict(route: str, endpoint: str = "/verdict") -> tuple[int, dict[str, object]]:
         async with client.get(proxy.control + endpoint, params={"route": route}) as r:
