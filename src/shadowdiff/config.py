@@ -346,6 +346,17 @@ class Noise(Strict):
     """s − q must exceed it: at least one unexplained difference per 3,333 exchanges."""
 
 
+class Storage(Strict):
+    """What the store keeps of each exchange beyond the aggregates the verdict is judged from
+    (counts, status matrix, a uniform latency sample per route)."""
+
+    bodies: Literal["examples", "divergent", "all"] = "examples"
+    """Whose headers and bodies are kept: `examples`, only the example exchanges (per route
+    and divergent path, and a few matched ones), every other exchange with a real divergence
+    as a row without them, and matched ones in the aggregates alone; `divergent`, every
+    exchange with a real divergence whole; `all`, every exchange whole."""
+
+
 class Judge(Strict):
     """Thresholds of the release verdict; too little data is INCONCLUSIVE, never PASS."""
 
@@ -494,6 +505,7 @@ class Config(Strict):
     secondary: Url | None = None
     listen: Annotated[str, BeforeValidator(parse_listen)] = "127.0.0.1:8080"
     store: str = "shadowdiff.db"
+    storage: Storage = Storage()
     max_unwritten: Size = ByteSize(256 * 1024 * 1024)
     """Bytes of exchanges the worker holds while the store refuses writes (bodies dominate);
     beyond, the oldest are dropped and counted as `dropped.store`."""

@@ -13,6 +13,10 @@ Headers = list[tuple[bytes, bytes]]
 
 ERROR_KINDS = ("timeout", "connect", "reset", "too_large", "protocol")
 
+WHOLE, ROW, COUNTED = "whole", "row", "counted"
+"""How much of an exchange the store keeps (`Exchange.kept`): its whole row with headers and
+bodies, the row without them, or nothing beyond the route's aggregates and latency sample."""
+
 MATCHED, IGNORED, DIVERGENT = "matched", "ignored", "divergent"
 """What became of a compared exchange (Scientist's vocabulary): counted apart, so nothing
 hides behind an ignore rule."""
@@ -70,6 +74,8 @@ class Exchange:
     route: str
     shadow_diffs: list[Divergence] = field(default_factory=list)
     secondary_diffs: list[Divergence] = field(default_factory=list)
+    kept: str = WHOLE
+    """WHOLE, ROW or COUNTED: what the recorder chose to store of it (`storage.bodies`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,11 +211,11 @@ def test_a_config_that_would_break_the_run_is_one_line_exit_2(tmp_path, command,
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def incomplete_store(request, tmp_path) -> str:
-    """A store whose meta claims schema version 3 and that has no other table."""
+    """A store whose meta claims schema version 4 and that has no other table."""
     ddl = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-    version = "INSERT INTO meta VALUES ('schema_version', '3')"
+    version = "INSERT INTO meta VALUES ('schema_version', '4')"
     if request.param == "sqlite":
-        path = tmp_path / "v3_missing.db"
+        path = tmp_path / "v4_missing.db"
         db = sqlite3.connect(path)
         db.execute(ddl)
         db.execute(version)
@@ -241,11 +241,11 @@ def incomplete_store(request, tmp_path) -> str:
     ],
 )
 def test_a_store_claiming_a_schema_without_its_tables_is_one_line_exit_2(incomplete_store, command):
-    """The audit's `v3_missing.db`: the proxy used to take traffic and retry "no such
+    """The audit's `v4_missing.db`: the proxy used to take traffic and retry "no such
     table" for every batch, the readers to answer without naming the store (finding 16)."""
     result = shadowdiff(*command, f"--store={incomplete_store}")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         f"shadowdiff: error: {masked(incomplete_store)}: not a complete shadowdiff store"
-        " (schema version 3 without table exchanges); use a new store path\n"
+        " (schema version 4 without table exchanges); use a new store path\n"
     )

@@ -133,7 +133,8 @@ def reads(store: Store) -> dict[str, Any]:
             "counts": list(store.counts(run).items()),
             "instance_counts": list(store.instance_counts(run).items()),
             "routes": list(store.routes(run).items()),
-            "outcome_rows": list(store.outcome_rows(run)),
+            "statuses": list(store.statuses(run).items()),
+            "latency_sample": list(store.latency_sample(run)),
             "divergence_rows": rows,
             "events": store.events(run),
             "recent": store.recent_divergences(run, 4),
@@ -218,7 +219,8 @@ def test_instances_add_up_to_one_proxy(url: str) -> None:
         }
         assert store.routes("two") == store.routes("one")
         assert sum(r["exchanges"] for r in store.routes("two").values()) == 80
-        assert list(store.outcome_rows("two")) == list(store.outcome_rows("one"))
+        assert store.statuses("two") == store.statuses("one")
+        assert list(store.latency_sample("two")) == list(store.latency_sample("one"))
         keys = {row[2].split()[0] for row in store.divergence_rows("two")}
         assert keys == {"a", "b"}
         one, _, verdict_one = document(store, "one", cfg)
@@ -296,7 +298,7 @@ def test_other_schema_version_is_refused(url: str) -> None:
     PostgresStore(url).close()
     query(url, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(
-        StoreError, match="store schema version 99, this shadowdiff reads version 3"
+        StoreError, match="store schema version 99, this shadowdiff reads version 4"
     ):
         PostgresStore(url)
 
@@ -311,7 +313,7 @@ def test_other_schema_version_is_refused(url: str) -> None:
 def test_a_store_claiming_this_schema_without_its_tables_is_refused(
     url: str, damage: list[str], missing: str
 ) -> None:
-    """`meta` says version 3 but the tables are not all there: refused at once, not retried
+    """`meta` says version 4 but the tables are not all there: refused at once, not retried
     for every batch (audit finding 16); a table of that name in another schema of the
     database does not count."""
     PostgresStore(url).close()
@@ -324,7 +326,7 @@ def test_a_store_claiming_this_schema_without_its_tables_is_refused(
                 PostgresStore(url, create=create)
             assert str(caught.value).startswith(
                 f"{masked(url)}: not a complete shadowdiff store"
-                f" (schema version 3 without {missing})"
+                f" (schema version 4 without {missing})"
             )
     finally:
         query(url, "DROP TABLE public.exchanges")
@@ -340,6 +342,23 @@ def test_version_2_store_is_upgraded_in_place(url: str) -> None:
         store.write("r", "i", [], {}, events=[Event(1.0, "paused", "ops", "false", "true")])
         assert store.events("r") == [Event(1.0, "paused", "ops", "false", "true")]
     assert query(url, "SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]
+
+
+def test_version_3_store_gets_its_aggregates_from_its_rows(url: str) -> None:
+    with PostgresStore(url) as store:
+        store.write("r", "a", [exchange(1), exchange(2)], {})
+        store.write("r", "b", [exchange(3, route="GET /v/{id}")], {})
+        kept = aggregates(store)
+    for table in ("route_stats", "route_statuses", "latency_sample"):
+        query(url, f"DROP TABLE {table}")
+    query(url, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with PostgresStore(url, create=False) as store:
+        assert aggregates(store) == kept
+    assert sum(r["exchanges"] for r in kept[0].values()) == 3
+
+
+def aggregates(store: Store) -> tuple[object, ...]:
+    return store.routes("r"), store.statuses("r"), list(store.latency_sample("r"))
 
 
 def test_shared_database_is_fine_but_no_store_is_not_created_on_read(url: str) -> None:

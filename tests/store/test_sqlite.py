@@ -44,10 +44,11 @@ def test_round_trip(tmp_path):
         got = list(store.exchanges("r1"))
         assert got == [exchange(1), exchange(2, secondary=True)]
         # A failed side has no latency; every exchange has the time it was sampled.
-        assert list(store.outcome_rows("r1")) == [
-            ("POST /u/{id}", 200, None, 0.01, None, "timeout", None, None, 11.0),
-            ("POST /u/{id}", 200, None, 0.01, None, "timeout", None, 0.02, 12.0),
+        assert list(store.latency_sample("r1")) == [
+            ("POST /u/{id}", 11.0, 0.01, None, None),
+            ("POST /u/{id}", 12.0, 0.01, None, 0.02),
         ]
+        assert store.statuses("r1") == {"POST /u/{id}": {("200", "timeout"): 2}}
         assert store.routes("r1") == {
             "POST /u/{id}": {
                 "exchanges": 2,
@@ -55,6 +56,8 @@ def test_round_trip(tmp_path):
                 "matched": 0,
                 "ignored": 0,
                 "divergent": 2,
+                "primary_errors": 0,
+                "shadow_errors": 2,
             }
         }
 
@@ -89,7 +92,7 @@ def test_other_schema_version_is_refused(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(
-        StoreError, match="store schema version 99, this shadowdiff reads version 3"
+        StoreError, match="store schema version 99, this shadowdiff reads version 4"
     ):
         SQLiteStore(path)
 
@@ -109,6 +112,29 @@ def test_version_2_store_is_upgraded_in_place(tmp_path):
         assert store.events("r") == [Event(1.0, "paused", "ops", "false", "true")]
     with SQLiteStore(path) as store:  # and opens again at the new version
         assert store.events("r")[0].actor == "ops"
+
+
+def test_version_3_store_gets_its_aggregates_from_its_rows(tmp_path):
+    """Version 4 judges from aggregates: a version 3 store (rows only) gets them computed
+    from its exchanges as it is opened, the same as if they had been kept all along."""
+    path = tmp_path / "s.db"
+    with SQLiteStore(path) as store:
+        store.write("r", "i", [exchange(1), exchange(2, secondary=True)], {})
+        store.write("r", "j", [exchange(3)], {})
+        kept = reads(store)
+    db = sqlite3.connect(path)
+    for table in ("route_stats", "route_statuses", "latency_sample"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with SQLiteStore(path, create=False) as store:
+        assert reads(store) == kept
+        assert kept[0]["POST /u/{id}"]["exchanges"] == 3
+
+
+def reads(store: SQLiteStore) -> tuple[object, ...]:
+    return store.routes("r"), store.statuses("r"), list(store.latency_sample("r"))
 
 
 def test_a_locked_store_is_unavailable(tmp_path):
@@ -147,7 +173,7 @@ def test_other_sqlite_errors_are_store_errors(tmp_path):
     ],
 )
 def test_a_store_claiming_this_schema_without_its_tables_is_refused(tmp_path, damage, missing):
-    """`meta` says version 3 but the tables are not all there: refused at once, not retried
+    """`meta` says version 4 but the tables are not all there: refused at once, not retried
     as "no such table" for every batch (audit finding 16)."""
     path = tmp_path / "s.db"
     SQLiteStore(path).close()
@@ -160,7 +186,7 @@ def test_a_store_claiming_this_schema_without_its_tables_is_refused(tmp_path, da
         with pytest.raises(StoreError) as caught:
             SQLiteStore(path, create=create)
         assert str(caught.value).startswith(
-            f"{path}: not a complete shadowdiff store (schema version 3 without {missing}"
+            f"{path}: not a complete shadowdiff store (schema version 4 without {missing}"
         )
 
 

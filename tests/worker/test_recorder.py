@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 
 import factories
@@ -10,6 +11,7 @@ from factories import outcome, snapshot
 from shadowdiff.compare.outcomes import MAX_DIVERGENCES
 from shadowdiff.config import load_config
 from shadowdiff.counts import imbalance
+from shadowdiff.judge import document
 from shadowdiff.model import Exchange
 from shadowdiff.store import SQLiteStore
 from shadowdiff.worker.recorder import EXAMPLE_PATHS, Recorder
@@ -84,7 +86,7 @@ def test_a_backlog_is_written_in_chunks(tmp_path, monkeypatch):
     assert seen == [3, 3, 3, 1] and rec.unwritten == []
     counts = rec.store.counts("r")
     assert counts["recorded"] == 10 and imbalance(counts) == []
-    assert len(list(rec.store.exchanges("r"))) == 10
+    assert rec.store.routes("r")["GET /u/{id}"]["exchanges"] == 10
 
 
 def test_example_reservoirs_are_bounded_per_route(tmp_path):
@@ -103,3 +105,89 @@ def test_example_reservoirs_are_bounded_per_route(tmp_path):
     assert kept.request.flow_id == "f0" and len(kept.shadow_diffs) == MAX_DIVERGENCES + 1
     stored = rec.store.db.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
     assert stored == 2 + EXAMPLE_PATHS
+
+
+def mixed(n: int) -> list[Exchange]:
+    """n exchanges over three routes with a secondary: mostly matched, a real divergence on
+    every 7th order, a header both the shadow and the secondary differ on (noise) on users."""
+    out = []
+    for i in range(n):
+        route = ("users", "orders", "items")[i % 3]
+        served = [*JSON, (b"X-Node", b"n%d" % (i % 2))] if route == "users" else JSON
+        other = [*JSON, (b"X-Node", b"n%d" % ((i + 1) % 2))] if route == "users" else JSON
+        shadow = {"a": 2} if route == "orders" and i % 7 == 0 else {"a": 1}
+        out.append(
+            factories.exchange(
+                snapshot(f"f{i}", path=f"/{route}/{i}", timestamp=float(i)),
+                outcome({"a": 1}, headers=served, latency=0.01 + (i % 5) * 1e-3),
+                outcome(shadow, headers=other, latency=0.011 + (i % 3) * 1e-3),
+                outcome({"a": 1}, headers=other, latency=0.0105 + (i % 4) * 1e-3),
+            )
+        )
+    return out
+
+
+def frugal(tmp_path, bodies: str | None, name: str) -> Recorder:
+    settings = {
+        "shadow": "http://a:1",
+        "secondary": "http://b:1",
+        "store": str(tmp_path / f"{name}.db"),
+        "run": "r",
+        "judge.min_pairs": 10,
+        "storage.bodies": bodies,
+    }
+    cfg = load_config(None, settings)
+    return Recorder(cfg, "test:1", SQLiteStore(cfg.store))
+
+
+def test_frugal_bodies_report_the_same_as_keeping_every_body(tmp_path):
+    """The same recorded traffic, kept whole or frugally: the same verdict, divergences, noise
+    findings and examples; only what the store keeps differs."""
+    traffic = mixed(600)
+    reported, kept = {}, {}
+    for bodies in ("all", "divergent", "examples"):
+        rec = frugal(tmp_path, bodies, bodies)
+        rec.rng.seed(7)  # the same exchanges take the example slots
+        rec.record(copy.deepcopy(traffic), {"tap": {"seen": 600, "sampled": 600}})
+        doc, extras, _ = document(rec.store, "r", rec.cfg)
+        for generated in ("generated_at", "config_sha256"):
+            doc.pop(generated)  # type: ignore[misc]
+        reported[bodies] = (doc, extras)
+        stored = list(rec.store.exchanges("r"))
+        kept[bodies] = (len(stored), sum(bool(x.primary.body) for x in stored))
+    assert reported["examples"] == reported["all"] == reported["divergent"]
+    doc = reported["all"][0]
+    orders = next(r for r in doc["routes"] if r["route"] == "GET /orders/{id}")
+    users = next(r for r in doc["routes"] if r["route"] == "GET /users/{id}")
+    assert (orders["divergent"], users["divergent"]) == (29, 0)  # users: noise only
+    assert [f["noise"] for f in users["fields"]] == [True]
+    assert reported["all"][1]["examples"]["GET /orders/{id}"]["body:$.a"]
+    assert kept["all"] == (600, 600)
+    # divergent: the 29 real divergences and the 200 users exchanges the secondary differs
+    # on, whole, and the matched that took an example slot; examples: the divergent rows
+    # without their bodies but for the examples'
+    assert 229 < kept["divergent"][0] == kept["examples"][0] < 300
+    assert kept["examples"][1] < kept["divergent"][1] == kept["divergent"][0]
+
+
+def test_a_matched_exchange_costs_under_200_bytes_on_disk(tmp_path):
+    """storage.bodies at its default: matched exchanges live on in the aggregates and the
+    latency sample alone (pages and indexes included in the file sizes)."""
+    sizes = {}
+    for bodies in (None, "all"):
+        rec = frugal(tmp_path, bodies, bodies or "default")
+        for start in range(0, 20_000, 2_000):
+            batch = [
+                factories.exchange(
+                    snapshot(f"f{i}", path=f"/users/{i}", timestamp=float(i)),
+                    outcome({"id": i, "name": f"user {i}"}, latency=0.01),
+                    outcome({"id": i, "name": f"user {i}"}, latency=0.011),
+                    outcome({"id": i, "name": f"user {i}"}, latency=0.012),
+                )
+                for i in range(start, start + 2_000)
+            ]
+            rec.record(batch, {"tap": {"seen": start + 2_000, "sampled": start + 2_000}})
+        rec.store.close()
+        files = tmp_path.glob(f"{bodies or 'default'}.db*")
+        sizes[bodies] = sum(f.stat().st_size for f in files) / 20_000
+    assert sizes[None] <= 200 < sizes["all"], sizes

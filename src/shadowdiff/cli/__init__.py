@@ -1,9 +1,10 @@
 """The command line: `shadowdiff proxy`, `replay`, `ctl`, `summary`, `gate`, `report`,
-`suggest-ignores`, `demo`.
+`suggest-ignores`, `runs`, `demo`.
 
 Every usage or config error is one line on stderr with exit status 2, never a traceback.
 The group and the shared options are in `common`; the commands in `run` (proxy, replay,
-demo), `read` (summary, gate, report, suggest-ignores) and `ctl`, which register on import.
+demo), `read` (summary, gate, report, suggest-ignores), `runs` and `ctl`, which register on
+import.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from shadowdiff.cli import ctl, read, run  # noqa: F401 - registers the commands
+from shadowdiff.cli import ctl, read, run, runs  # noqa: F401 - registers the commands
 from shadowdiff.cli.common import FLAG_KEYS, UsageProblem, cli, options
 from shadowdiff.cli.ctl import Unreachable
 from shadowdiff.store import StoreError

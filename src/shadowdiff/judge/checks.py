@@ -72,6 +72,14 @@ class RouteData:
     reference: str | None = None
     """What timed the baseline (`latency.reference`: secondary, primary, proxy; several joined
     by `+` when a fleet mixed them); None for runs recorded before it was counted."""
+    population: int | None = None
+    """The exchanges the latency arrays were drawn from: more than the arrays hold when they
+    are the route's uniform sample (the store keeps a bounded one); None: they are all."""
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the timings are a sample of the route's, not all of them."""
+        return self.population is not None and self.population > len(self.shadow_latency)
 
 
 @dataclass(frozen=True)
@@ -265,17 +273,25 @@ def _rate(rd: RouteData) -> float | None:
     if rd.timestamps is None or len(rd.timestamps) < 2:
         return None
     span = float(np.max(rd.timestamps) - np.min(rd.timestamps))
-    return (len(rd.timestamps) - 1) / span if span > 0 else None
+    exchanges = rd.population if rd.sampled and rd.population else len(rd.timestamps)
+    return (exchanges - 1) / span if span > 0 else None
 
 
 def _needs(rd: RouteData, more: int, n: int) -> Needs:
     """`more` of what a check's `n` counts, and how long they take: the route's rate, scaled
     by the share of its exchanges that count (n of them)."""
     rate = _rate(rd)
-    counted = len(rd.timestamps) if rd.timestamps is not None else 0
+    counted = len(rd.timestamps) if rd.timestamps is not None else 0  # n is a share of these
     if rate is None or n <= 0 or counted <= 0:
         return Needs(more, None)
     return Needs(more, more / (rate * min(1.0, n / counted)))
+
+
+def _of_sample(rd: RouteData) -> str:
+    """What a latency check's pairs are, when they are a sample of the route's."""
+    if not rd.sampled:
+        return ""
+    return f", a uniform sample of the route's {rd.population:,} exchanges"
 
 
 def _to_decide(
@@ -286,8 +302,8 @@ def _to_decide(
     half, gap = (
         (hi - estimate, limit - estimate) if estimate < limit else (estimate - lo, estimate - limit)
     )
-    if gap <= 0 or not math.isfinite(half):
-        return None
+    if gap <= 0 or not math.isfinite(half) or rd.sampled:
+        return None  # a full sample stays as wide: more exchanges would not narrow it
     needed = n * (half / gap) ** 2
     return _needs(rd, max(1, math.ceil(needed) - n), n) if needed <= _HOPELESS * n else None
 
@@ -327,7 +343,8 @@ def _latency_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[
         result = _decide(lo, hi, math.log(limit))
         detail = (
             f"shadow typically {ratio:.3f}× {baseline(rd)} ({100 * cfg.confidence:g} % CI "
-            f"{ci[0]:.3f}–{ci[1]:.3f}×, {n} pairs{_independent(n, measured.dependence.tau)}), "
+            f"{ci[0]:.3f}–{ci[1]:.3f}×, {n} pairs{_of_sample(rd)}"
+            f"{_independent(n, measured.dependence.tau)}), "
             f"tolerance {limit:.2f}×"
         )
         needs = _to_decide(rd, n, est, lo, hi, math.log(limit)) if result == INCONCLUSIVE else None
@@ -345,7 +362,8 @@ def _latency_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[
             blocks = f" in blocks of {block}" if block > 1 else ""
             detail = (
                 f"shadow p99 {ratio:.3f}× the {name}'s ({100 * cfg.confidence:g} % bootstrap CI "
-                f"{lo:.3f}–{hi:.3f}×, {n} pairs{blocks}), tolerance {p99_limit:.2f}×"
+                f"{lo:.3f}–{hi:.3f}×, {n} pairs{_of_sample(rd)}{blocks}), "
+                f"tolerance {p99_limit:.2f}×"
             )
             result = _decide(lo, hi, p99_limit)
             logs = (math.log(x) for x in (ratio, lo, hi, p99_limit))

@@ -85,17 +85,8 @@ def _accepted(cfg: Config) -> Any:
     return accepted
 
 
-def _side(status: int | None, error: str | None) -> str:
-    return error or str(status)
-
-
-def _failed(status: int | None, error: str | None) -> bool:
-    return error is not None or (status is not None and status >= 500)
-
-
 def _column(rows: list[tuple[Any, ...]], index: int) -> np.ndarray:
-    """One numeric column (a latency, the time sampled) as floats, NaN where unknown (the
-    latency of an error outcome)."""
+    """One numeric column of a latency sample as floats, NaN where unknown (a failed side)."""
     return np.array([np.nan if r[index] is None else r[index] for r in rows], dtype=float)
 
 
@@ -111,43 +102,41 @@ def gather(
     store: Store, run: str, cfg: Config, only: str | None = None, reference: str | None = None
 ) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]]]:
     """Findings per route, the judge's inputs, and latency samples per route and side
-    (of route `only`, if given: only its rows are read); `reference` timed the baselines."""
+    (of route `only`, if given: only its aggregates are read); `reference` timed the
+    baselines. Everything but the findings comes from the aggregates: counts and the status
+    matrix exactly, the timings from each route's uniform sample (`store.aggregates`)."""
+    totals = store.routes(run, only)
     found = findings(
-        store.routes(run, only),
-        store.divergence_rows(run, only),
-        cfg.noise,
-        _accepted(cfg),
-        cfg.judge.confidence,
+        totals, store.divergence_rows(run, only), cfg.noise, _accepted(cfg), cfg.judge.confidence
     )
-    rows: dict[str, list[tuple[Any, ...]]] = {}
-    for row in store.outcome_rows(run, only):
-        rows.setdefault(row[0], []).append(row[1:])
+    statuses = store.statuses(run, only)
+    samples: dict[str, list[tuple[Any, ...]]] = {}
+    for row in store.latency_sample(run, only):
+        samples.setdefault(row[0], []).append(row[1:])
     data, latencies = [], {}
     for route in found:
-        listed = rows.get(route.route, [])
-        transitions: dict[tuple[str, str], int] = {}
-        for p_status, p_error, _, s_status, s_error, _, _, _ in listed:
-            key = (_side(p_status, p_error), _side(s_status, s_error))
-            transitions[key] = transitions.get(key, 0) + 1
-        primary, shadow, secondary, sampled = (_column(listed, i) for i in (2, 5, 6, 7))
+        sample = samples.get(route.route, [])
+        sampled, primary, shadow, secondary = (_column(sample, i) for i in range(4))
         has_secondary = route.with_secondary > 0
         latencies[route.route] = {"primary": primary, "shadow": shadow}
         if has_secondary:
             latencies[route.route]["secondary"] = secondary
+        counted = totals[route.route]
         data.append(
             RouteData(
                 route=route.route,
                 pairs=route.exchanges,
                 divergent=route.divergent,
                 accepted=0,
-                transitions=transitions,
-                primary_errors=sum(_failed(r[0], r[1]) for r in listed),
-                shadow_errors=sum(_failed(r[3], r[4]) for r in listed),
+                transitions=statuses.get(route.route, {}),
+                primary_errors=counted["primary_errors"],
+                shadow_errors=counted["shadow_errors"],
                 primary_latency=primary,
                 shadow_latency=shadow,
                 secondary_latency=secondary if has_secondary else None,
                 timestamps=sampled,
                 reference=reference,
+                population=route.exchanges,
             )
         )
     return found, data, latencies

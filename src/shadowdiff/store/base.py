@@ -17,21 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from shadowdiff.model import Divergence, Event, Exchange
-from shadowdiff.store.schema import COLUMNS, clean, exchange_of
+from shadowdiff.store import aggregates
+from shadowdiff.store.aggregates import STATS
+from shadowdiff.store.schema import COLUMNS, TABLES, clean, exchange_of
 
-OutcomeRow = tuple[
-    str,
-    int | None,
-    str | None,
-    float | None,
-    int | None,
-    str | None,
-    float | None,
-    float | None,
-    float,
-]
-"""(route, primary status, primary error, primary latency, shadow status, shadow error,
-shadow latency, secondary latency, when it was sampled) of one exchange."""
+SampleRow = tuple[str, float, float | None, float | None, float | None]
+"""(route, when it was sampled, primary latency, shadow latency, secondary latency) of one
+pair of a route's latency sample; a side's latency is None where it failed."""
 
 DivergenceRow = tuple[str, str, str, str, str, str | None, str, str]
 """(route, side, exchange key, path, kind, rule, left, right) of one divergence."""
@@ -69,6 +61,14 @@ class Store(Protocol):
 
     def runs(self) -> list[str]: ...
 
+    def run_sizes(self) -> list[RunSize]:
+        """Every run with what it holds and about how many bytes, oldest activity first."""
+        ...
+
+    def delete_run(self, run: str) -> None:
+        """Removes every record of the run, in one transaction."""
+        ...
+
     def counts(self, run: str) -> dict[str, int]:
         """Counters summed over instances and sources (tap and worker own disjoint names)."""
         ...
@@ -78,12 +78,19 @@ class Store(Protocol):
         ...
 
     def routes(self, run: str, route: str | None = None) -> dict[str, dict[str, int]]:
-        """Per route (or of `route` alone): exchanges, with a secondary, and the shadow's
-        matched / ignored / divergent counts (before noise is taken out)."""
+        """Per route (or of `route` alone), from the aggregates: exchanges, with a secondary,
+        the shadow's matched / ignored / divergent counts (before noise is taken out), and
+        the primary's and the shadow's errors (an error outcome or a 5xx)."""
         ...
 
-    def outcome_rows(self, run: str, route: str | None = None) -> Iterator[OutcomeRow]:
-        """An `OutcomeRow` per exchange (of `route` alone, if given), in recording order."""
+    def statuses(self, run: str, route: str | None = None) -> dict[str, dict[tuple[str, str], int]]:
+        """Per route (or of `route` alone): how many exchanges had each (primary, shadow)
+        pair of status or error kind."""
+        ...
+
+    def latency_sample(self, run: str, route: str | None = None) -> Iterator[SampleRow]:
+        """Per route (or of `route` alone): its uniform latency sample (`aggregates`), at most
+        `aggregates.SAMPLE` pairs, by route and then in time order."""
         ...
 
     def divergence_rows(self, run: str, route: str | None = None) -> Iterator[DivergenceRow]:
@@ -123,6 +130,32 @@ class Rows(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class RunSize:
+    """What one run holds (`shadowdiff runs`): exchanges compared, rows kept, rows kept
+    whole (headers and bodies), about how many bytes of data they take (indexes and pages
+    aside), and when its first and last exchanges were sampled (None: none recorded)."""
+
+    run: str
+    exchanges: int
+    rows: int
+    whole: int
+    bytes: int
+    first: float | None
+    last: float | None
+
+
+_ROW_BYTES = {"exchanges": 100, "divergences": 60, "latency_sample": 60}
+"""About what a row of each table costs beyond its variable-length columns."""
+_BODY_BYTES = " + ".join(
+    f"COALESCE(LENGTH({c}), 0)"
+    for c in ("request_headers", "request_body", "path", "flow_id")
+    + tuple(
+        f"{s}_{part}" for s in ("primary", "shadow", "secondary") for part in ("headers", "body")
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """What one `Store.write` records, in one transaction."""
 
@@ -152,6 +185,10 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def _delete(self, statements: list[tuple[str, Sequence[object]]]) -> None:
+        """Runs the statements (SQL with `?` placeholders) in one write transaction."""
+
     def _as_text(self, value: str) -> str:
         """A run, instance or flow id to look up, as the backend writes it (here: `clean`, so
         a lone surrogate from a URL finds what was written, and never reaches the driver)."""
@@ -177,7 +214,7 @@ class Backend(ABC):
         examples: Iterable[tuple[str, str, int, str]] = (),
         events: Iterable[Event] = (),
     ) -> None:
-        self._write(Batch(run, instance, exchanges, counts, merges, examples, events))
+        self._write(Batch(run, instance, exchanges, counts, list(merges), examples, events))
 
     def _all(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._read() as rows:
@@ -190,6 +227,52 @@ class Backend(ABC):
     def runs(self) -> list[str]:
         rows = self._all("SELECT run FROM counts UNION SELECT run FROM exchanges ORDER BY run")
         return [r[0] for r in rows]
+
+    def run_sizes(self) -> list[RunSize]:
+        aggregated = dict(self._all("SELECT run, SUM(exchanges) FROM route_stats GROUP BY run"))
+        rows = {
+            run: rest
+            for run, *rest in self._all(
+                f"SELECT run, COUNT(*), COUNT(primary_headers), SUM({_BODY_BYTES}),"
+                " MIN(ts), MAX(ts) FROM exchanges GROUP BY run"
+            )
+        }
+        diffs = dict(
+            self._all(
+                "SELECT run, SUM(LENGTH(path) + LENGTH(left_value) + LENGTH(right_value)"
+                f" + {_ROW_BYTES['divergences']}) FROM divergences GROUP BY run"
+            )
+        )
+        sampled = {
+            run: rest
+            for run, *rest in self._all(
+                "SELECT run, COUNT(*), MIN(ts), MAX(ts) FROM latency_sample GROUP BY run"
+            )
+        }
+        out = []
+        for run in self.runs():
+            kept, whole, size, first, last = rows.get(run, (0, 0, 0, None, None))
+            pairs, first_pair, last_pair = sampled.get(run, (0, None, None))
+            times = [t for t in (first, last, first_pair, last_pair) if t is not None]
+            out.append(
+                RunSize(
+                    run,
+                    int(aggregated.get(run) or 0),
+                    int(kept),
+                    int(whole),
+                    int(size or 0)
+                    + _ROW_BYTES["exchanges"] * int(kept)
+                    + int(diffs.get(run) or 0)
+                    + _ROW_BYTES["latency_sample"] * int(pairs),
+                    min(times) if times else None,
+                    max(times) if times else None,
+                )
+            )
+        return sorted(out, key=lambda r: (r.last is None, r.last or 0.0, r.run))
+
+    def delete_run(self, run: str) -> None:
+        tables = sorted(t for t in TABLES if t != "meta")
+        self._delete([(f"DELETE FROM {t} WHERE run = ?", (self._as_text(run),)) for t in tables])
 
     def counts(self, run: str) -> dict[str, int]:
         """Counters summed over instances and sources (tap and worker own disjoint names)."""
@@ -220,31 +303,35 @@ class Backend(ABC):
         return "run = ? AND route = ?", [self._as_text(run), self._as_key(route)]
 
     def routes(self, run: str, route: str | None = None) -> dict[str, dict[str, int]]:
-        """Per route (or of `route` alone), over all instances: exchanges, with a secondary,
-        and the shadow's matched / ignored / divergent counts (before noise is taken out)."""
+        """Per route (or of `route` alone), over all instances, from the aggregates."""
         where, args = self._of(run, route)
         rows = self._all(
-            "SELECT route, COUNT(*), COUNT(secondary_result),"
-            " COUNT(*) FILTER (WHERE shadow_result = 'matched'),"
-            " COUNT(*) FILTER (WHERE shadow_result = 'ignored'),"
-            " COUNT(*) FILTER (WHERE shadow_result = 'divergent')"
-            f" FROM exchanges WHERE {where} GROUP BY route ORDER BY COUNT(*) DESC, route",
+            f"SELECT route, {', '.join(f'SUM({s})' for s in STATS)} FROM route_stats"
+            f" WHERE {where} GROUP BY route ORDER BY SUM(exchanges) DESC, route",
             args,
         )
-        names = ("exchanges", "with_secondary", "matched", "ignored", "divergent")
-        return {route: dict(zip(names, map(int, rest), strict=True)) for route, *rest in rows}
+        return {route: dict(zip(STATS, map(int, rest), strict=True)) for route, *rest in rows}
 
-    def outcome_rows(self, run: str, route: str | None = None) -> Iterator[OutcomeRow]:
-        """An `OutcomeRow` per exchange (of `route` alone, if given), in recording order."""
+    def statuses(self, run: str, route: str | None = None) -> dict[str, dict[tuple[str, str], int]]:
+        where, args = self._of(run, route)
+        out: dict[str, dict[tuple[str, str], int]] = {}
+        for name, primary, shadow, n in self._all(
+            "SELECT route, primary_side, shadow_side, SUM(count) FROM route_statuses"
+            f" WHERE {where} GROUP BY route, primary_side, shadow_side ORDER BY 1, 2, 3",
+            args,
+        ):
+            out.setdefault(name, {})[(primary, shadow)] = int(n)
+        return out
+
+    def latency_sample(self, run: str, route: str | None = None) -> Iterator[SampleRow]:
         where, args = self._of(run, route)
         yield from self._stream(
-            # A failed side's time-to-failure is no latency: NULL, so it never skews a check.
-            "SELECT route, primary_status, primary_error,"
-            " CASE WHEN primary_error IS NULL THEN primary_latency END, shadow_status,"
-            " shadow_error, CASE WHEN shadow_error IS NULL THEN shadow_latency END,"
-            " CASE WHEN secondary_error IS NULL THEN secondary_latency END, ts"
-            f" FROM exchanges WHERE {where} ORDER BY id",
-            args,
+            "SELECT route, ts, primary_latency, shadow_latency, secondary_latency FROM"
+            " (SELECT route, ts, primary_latency, shadow_latency, secondary_latency,"
+            "  ROW_NUMBER() OVER (PARTITION BY route ORDER BY priority) AS k"
+            f"  FROM latency_sample WHERE {where}) AS bottom"
+            " WHERE k <= ? ORDER BY route, ts",
+            [*args, aggregates.SAMPLE],
         )
 
     def divergence_rows(self, run: str, route: str | None = None) -> Iterator[DivergenceRow]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from typing import Any
@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from shadowdiff.errors import StoreError, StoreUnavailable
 from shadowdiff.store import schema
+from shadowdiff.store.aggregates import MIGRATE, Aggregates
 from shadowdiff.store.base import Backend, Batch, Rows
 
 CONNECT_TIMEOUT = 3.0
@@ -207,6 +208,24 @@ class _Rows:
             yield from cursor.execute(_placeholders(sql), list(args))
 
 
+class _Writes:
+    """A write's statements on its cursor (`aggregates.Cursor`), every string made safe."""
+
+    def __init__(self, cursor: psycopg.Cursor[TupleRow]) -> None:
+        self.cursor = cursor
+
+    def rows(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self.cursor.execute(_placeholders(sql), _row(*args)).fetchall()
+
+    def run(self, sql: str, args: Sequence[object] = ()) -> None:
+        self.cursor.execute(_placeholders(sql), _row(*args))
+
+    def many(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        listed = [_row(*row) for row in rows]
+        if listed:
+            self.cursor.executemany(_placeholders(sql), listed)
+
+
 class PostgresStore(Backend):
     """A PostgreSQL store; open it with `PostgresStore(url)`, close it with `close()`."""
 
@@ -231,6 +250,7 @@ class PostgresStore(Backend):
             reconnect_timeout=RECONNECT_TIMEOUT,
             name="shadowdiff",
         )
+        self.aggregates = Aggregates(key=_key)
 
     def _check_schema(self, conn: psycopg.Connection[TupleRow], create: bool) -> None:
         """Creates, migrates or checks the schema, one process at a time. Unlike a SQLite
@@ -249,6 +269,8 @@ class PostgresStore(Backend):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if schema.must_migrate(self.path, row[0] if row else "unknown"):
                 conn.execute(_PG_SCHEMA)  # every statement of the schema is idempotent
+                for statement in MIGRATE:
+                    conn.execute(statement.format(random="random()"))
                 conn.execute(
                     "UPDATE meta SET value = %s WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),
@@ -289,10 +311,17 @@ class PostgresStore(Backend):
     def close(self) -> None:
         self.pool.close()
 
+    def _delete(self, statements: list[tuple[str, Sequence[object]]]) -> None:
+        with self._transaction() as conn:
+            conn.execute("SET LOCAL statement_timeout = 0")  # a long run takes its time
+            for sql, args in statements:
+                conn.execute(_placeholders(sql), args)
+
     def _write(self, batch: Batch) -> None:
         run, instance, exchanges = batch.run, batch.instance, batch.exchanges
         rows = [
-            _row(*schema.exchange_row(run, instance, x, key=_key, text=_same)) for x in exchanges
+            _row(*schema.exchange_row(run, instance, x, key=_key, text=_same))
+            for x in schema.stored(exchanges)
         ]
         diffs = [
             _row(*d) for d in schema.divergence_rows(run, instance, exchanges, key=_key, text=_same)
@@ -319,6 +348,7 @@ class PostgresStore(Backend):
         with self._transaction() as conn, conn.cursor() as cursor:
             for statement in _MERGES:
                 cursor.executemany(statement, moves)
+            self.aggregates.write(_Writes(cursor), run, instance, exchanges, batch.merges)
             if rows:
                 with cursor.copy(
                     f"COPY exchanges ({schema.COLUMNS}) FROM STDIN (FORMAT BINARY)"

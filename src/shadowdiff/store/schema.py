@@ -15,11 +15,22 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from shadowdiff.errors import StoreError
-from shadowdiff.model import Divergence, Exchange, Headers, Outcome, RequestSnapshot, result_of
+from shadowdiff.model import (
+    COUNTED,
+    WHOLE,
+    Divergence,
+    Exchange,
+    Headers,
+    Outcome,
+    RequestSnapshot,
+    result_of,
+)
 
-SCHEMA_VERSION = 3
-MIGRATES_FROM = ("2",)
-"""Older versions this one upgrades in place: version 3 only adds the events table."""
+SCHEMA_VERSION = 4
+MIGRATES_FROM = ("2", "3")
+"""Older versions this one upgrades in place: version 3 added the events table, version 4 the
+aggregates (`route_stats`, `route_statuses`, `latency_sample`), computed from the stored
+exchanges by MIGRATE."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +87,38 @@ CREATE TABLE IF NOT EXISTS counts (
     value INTEGER NOT NULL,
     PRIMARY KEY (run, instance, source, name)
 );
+CREATE TABLE IF NOT EXISTS route_stats (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    route TEXT NOT NULL,
+    exchanges INTEGER NOT NULL,
+    with_secondary INTEGER NOT NULL,
+    matched INTEGER NOT NULL,
+    ignored INTEGER NOT NULL,
+    divergent INTEGER NOT NULL,
+    primary_errors INTEGER NOT NULL,
+    shadow_errors INTEGER NOT NULL,
+    PRIMARY KEY (run, instance, route)
+);
+CREATE TABLE IF NOT EXISTS route_statuses (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    route TEXT NOT NULL,
+    primary_side TEXT NOT NULL,
+    shadow_side TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run, instance, route, primary_side, shadow_side)
+);
+CREATE TABLE IF NOT EXISTS latency_sample (
+    run TEXT NOT NULL,
+    route TEXT NOT NULL,
+    priority REAL NOT NULL,
+    ts REAL NOT NULL,
+    primary_latency REAL,
+    shadow_latency REAL,
+    secondary_latency REAL
+);
+CREATE INDEX IF NOT EXISTS latency_sample_route ON latency_sample (run, route, priority);
 CREATE TABLE IF NOT EXISTS events (
     run TEXT NOT NULL,
     instance TEXT NOT NULL,
@@ -179,15 +222,16 @@ def headers_in(blob: bytes | None) -> Headers:
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in orjson.loads(blob)]
 
 
-def side_row(outcome: Outcome | None) -> tuple[object, ...]:
+def side_row(outcome: Outcome | None, whole: bool = True) -> tuple[object, ...]:
+    """One side's columns; without its headers and body unless `whole`."""
     if outcome is None:
         return (None, None, None, None, None)
     return (
         outcome.status,
         outcome.error,
         outcome.latency,
-        headers_out(outcome.headers),
-        outcome.body,
+        headers_out(outcome.headers) if whole else None,
+        outcome.body if whole else None,
     )
 
 
@@ -212,7 +256,8 @@ def exchange_row(
     text: Callable[[str], str],
 ) -> tuple[object, ...]:
     """An exchange as its row of `COLUMNS`: `key` prepares the route and `text` the method
-    and path, as the backend stores them."""
+    and path, as the backend stores them. A ROW exchange goes without headers and bodies."""
+    whole = x.kept == WHOLE
     return (
         run,
         instance,
@@ -221,14 +266,19 @@ def exchange_row(
         key(x.route),
         text(x.request.method),
         text(x.request.path),
-        headers_out(x.request.headers),
-        x.request.body,
-        *side_row(x.primary),
-        *side_row(x.shadow),
-        *side_row(x.secondary),
+        headers_out(x.request.headers if whole else []),
+        x.request.body if whole else b"",
+        *side_row(x.primary, whole),
+        *side_row(x.shadow, whole),
+        *side_row(x.secondary, whole),
         result_of(x.shadow_diffs),
         result_of(x.secondary_diffs) if x.secondary else None,
     )
+
+
+def stored(exchanges: list[Exchange]) -> list[Exchange]:
+    """The exchanges that keep a row (the others live on in the aggregates alone)."""
+    return [x for x in exchanges if x.kept != COUNTED]
 
 
 def divergence_rows(
@@ -254,7 +304,7 @@ def divergence_rows(
             text(d.right),
             d.rule,
         )
-        for x in exchanges
+        for x in stored(exchanges)
         for side, listed in (("shadow", x.shadow_diffs), ("secondary", x.secondary_diffs))
         for d in listed
     ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from shadowdiff.errors import StoreError, StoreUnavailable
 from shadowdiff.model import apply_merge
 from shadowdiff.store import schema
+from shadowdiff.store.aggregates import MIGRATE, Aggregates
 from shadowdiff.store.base import Backend, Batch, Rows
 from shadowdiff.store.schema import clean
 
@@ -41,7 +42,7 @@ def _translated(opening: str | None = None) -> Iterator[None]:
 
 
 class _Rows:
-    """A read on the store's one connection."""
+    """A read on the store's one connection, or a write's statements (`aggregates.Cursor`)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -49,8 +50,16 @@ class _Rows:
     def all(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return self.db.execute(sql, args).fetchall()
 
+    rows = all
+
     def stream(self, sql: str, args: Sequence[object] = ()) -> Iterator[tuple[Any, ...]]:
         yield from self.db.execute(sql, args)
+
+    def run(self, sql: str, args: Sequence[object] = ()) -> None:
+        self.db.execute(sql, args)
+
+    def many(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        self.db.executemany(sql, rows)
 
 
 def _create_private(path: str) -> None:
@@ -84,9 +93,10 @@ class SQLiteStore(Backend):
             self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=LOCK_TIMEOUT)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.create_function("apply_merge", 3, apply_merge, deterministic=True)
+            self.db.create_function("shadowdiff_apply_merge", 3, apply_merge, deterministic=True)
             self._check_schema(create)
         self._rows = _Rows(self.db)
+        self.aggregates = Aggregates(key=clean)
 
     def _check_schema(self, create: bool) -> None:
         tables = {
@@ -103,8 +113,12 @@ class SQLiteStore(Backend):
             return
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if schema.must_migrate(self.path, row[0] if row else "unknown"):
-            with self.db:  # every statement of the schema is idempotent
-                self.db.executescript(schema.SCHEMA)
+            self.db.executescript(schema.SCHEMA)  # every statement of it is idempotent
+            with self.db:  # the aggregates and the new version, in one transaction
+                for statement in MIGRATE:
+                    self.db.execute(
+                        statement.format(random="(random() / 18446744073709551616.0 + 0.5)")
+                    )
                 self.db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),
@@ -127,13 +141,15 @@ class SQLiteStore(Backend):
     def _write(self, batch: Batch) -> None:
         run, instance = batch.run, batch.instance
         rows = [
-            schema.exchange_row(run, instance, x, key=clean, text=clean) for x in batch.exchanges
+            schema.exchange_row(run, instance, x, key=clean, text=clean)
+            for x in schema.stored(batch.exchanges)
         ]
         diffs = schema.divergence_rows(run, instance, batch.exchanges, key=clean, text=clean)
         marks = ", ".join("?" * (11 + 5 * len(schema.SIDES)))
         with _translated(), self.db:
             for old, new in batch.merges:  # stored routes are clean: so must the prefixes be
                 self._merge(run, clean(old), clean(new))
+            self.aggregates.write(self._rows, run, instance, batch.exchanges, batch.merges)
             self.db.executemany(f"INSERT INTO exchanges ({schema.COLUMNS}) VALUES ({marks})", rows)
             self.db.executemany(
                 "INSERT INTO divergences VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", diffs
@@ -159,11 +175,16 @@ class SQLiteStore(Backend):
                 ],
             )
 
+    def _delete(self, statements: list[tuple[str, Sequence[object]]]) -> None:
+        with _translated(), self.db:
+            for sql, args in statements:
+                self.db.execute(sql, args)
+
     def _merge(self, run: str, old: str, new: str) -> None:
         """Regroups what is stored under route prefix `old` as `new` (a collapsed segment)."""
         for update in ("UPDATE exchanges", "UPDATE divergences", "UPDATE OR REPLACE examples"):
             self.db.execute(
-                f"{update} SET route = apply_merge(route, ?, ?)"
+                f"{update} SET route = shadowdiff_apply_merge(route, ?, ?)"
                 " WHERE run = ? AND (route = ? OR route LIKE ? ESCAPE '\\')",
                 (old, new, run, old, schema.like_prefix(old)),
             )

@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 
 from shadowdiff.compare import OTHER, Comparer, Redactor, RouteTable, jsondiff
 from shadowdiff.config import Config
-from shadowdiff.model import DIVERGENT, Event, Exchange, apply_merge, result_of
+from shadowdiff.model import (
+    COUNTED,
+    DIVERGENT,
+    ROW,
+    WHOLE,
+    Event,
+    Exchange,
+    apply_merge,
+    result_of,
+)
 from shadowdiff.store import Store, StoreUnavailable
 
 logger = logging.getLogger("shadowdiff.recorder")
@@ -50,6 +59,10 @@ def held_bytes(x: Exchange) -> int:
         for d in (*x.shadow_diffs, *x.secondary_diffs)
     )
 
+
+MATCHED_EXAMPLES = "matched"
+"""The examples "path" of a route's sample of exchanges that matched: kept whole, whatever
+`storage.bodies` says, to show what a good answer looks like."""
 
 EXAMPLE_PATHS = 20
 """Paths (list indexes as `[*]`) of one route that keep examples: the first to diverge. With
@@ -253,7 +266,7 @@ class Recorder:
             self.books["compared"] += 1
             self.books["route_overflow"] += x.route == OTHER
             self.books[result_of(x.shadow_diffs)] += 1
-            self.keep_examples(x)
+            x.kept = self.kept(x, example=self.keep_examples(x))
         return analysed, []
 
     def compare(self, x: Exchange) -> None:
@@ -262,18 +275,38 @@ class Recorder:
             x.secondary_diffs = self.comparer.compare(x.primary, x.secondary, x.route, "secondary")
         self.redactor.exchange(x)
 
-    def keep_examples(self, x: Exchange) -> None:
+    def kept(self, x: Exchange, example: bool) -> str:
+        """What the store keeps of the exchange (`storage.bodies`): an example whole; one
+        where either side really diverged whole or as a row (its divergences are the noise
+        test's counts); one that matched in the aggregates alone."""
+        bodies = self.cfg.storage.bodies
+        if example or bodies == "all":
+            return WHOLE
+        if DIVERGENT not in (result_of(x.shadow_diffs), result_of(x.secondary_diffs)):
+            return COUNTED
+        return WHOLE if bodies == "divergent" else ROW
+
+    def keep_examples(self, x: Exchange) -> bool:
         """Offers the exchange as an example of each path where it really diverged (list
-        indexes as `[*]`), on the route's first EXAMPLE_PATHS such paths."""
-        if not self.cfg.compare.examples or result_of(x.shadow_diffs) != DIVERGENT:
-            return
+        indexes as `[*]`), on the route's first EXAMPLE_PATHS such paths, or of the route's
+        matched exchanges; whether it took a slot."""
+        if not self.cfg.compare.examples:
+            return False
         paths = self.reservoirs.setdefault(x.route, {})
-        for path in sorted({jsondiff.any_index(d.path) for d in x.shadow_diffs if d.rule is None}):
+        if result_of(x.shadow_diffs) != DIVERGENT:
+            wanted = [MATCHED_EXAMPLES]
+        else:
+            wanted = sorted({jsondiff.any_index(d.path) for d in x.shadow_diffs if d.rule is None})
+        took = False
+        for path in wanted:
             reservoir = paths.get(path)
             if reservoir is None:
-                if len(paths) >= EXAMPLE_PATHS:
+                full = len(paths.keys() - {MATCHED_EXAMPLES}) >= EXAMPLE_PATHS
+                if full and path != MATCHED_EXAMPLES:
                     continue
                 reservoir = paths[path] = Reservoir(self.cfg.compare.examples)
             slot = reservoir.offer(x.request.flow_id, self.rng)
             if slot is not None:
                 self.examples.append((x.route, path, slot, x.request.flow_id))
+                took = True
+        return took
