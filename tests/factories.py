@@ -71,3 +71,26 @@ def timings(
     primary = np.where(hit & ~on_shadow, primary * spike, primary)
     shadow = np.where(hit & on_shadow, shadow * spike, shadow)
     return primary, shadow
+
+
+def tally(rows: list[tuple[str, str, str, str, str, str | None, str, str]]) -> tuple[list, list]:
+    """What the store's aggregates hold (path counts, signatures) for these divergence rows
+    (route, side, exchange key, path, kind, rule, left, right): a test writes the rows."""
+    from collections import Counter
+
+    from shadowdiff.jsonpath import any_index
+
+    first: dict[tuple[str, str, str, str], str] = {}
+    for route, side, key, path, kind, rule, *_ in rows:
+        if rule is None:
+            first.setdefault((route, side, key, path), kind)
+    paths = Counter((route, side, path, kind) for (route, side, _, path), kind in first.items())
+    sets: dict[tuple[str, str], set[str]] = {}
+    for route, side, key, path in first:
+        if side == "shadow":
+            sets.setdefault((route, key), set()).add(any_index(path))
+    signatures = Counter((route, "\n".join(sorted(named))) for (route, _), named in sets.items())
+    return (
+        [(*k, n) for k, n in sorted(paths.items())],
+        [(*k, n) for k, n in sorted(signatures.items())],
+    )

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeAlias
 
-__all__ = ["MAX_DEPTH", "Rules", "State", "automaton", "covered", "format_path", "mask"]
+__all__ = [
+    "MAX_DEPTH",
+    "Rules",
+    "State",
+    "any_index",
+    "automaton",
+    "covered",
+    "format_path",
+    "mask",
+]
 
 MAX_DEPTH = 200
 """Subtrees below this depth are compared whole by the diff and replaced whole by `mask` where
@@ -315,3 +324,15 @@ def covered(path: str, patterns: tuple[str, ...]) -> bool:
             return False
         state = state.key(arg) if kind == _KEY else state.index(arg)
     return state.ignored
+
+
+_STEPS = re.compile(r"\['(?:[^'\\]|\\.)*'\]|\[(\d+)\]")
+"""A quoted key of `format_path` (left as it is) or a list index."""
+
+
+def any_index(path: str) -> str:
+    """`body:$.items[3].price` → `body:$.items[*].price`: the one name of a field of every item
+    of a list, for what is kept per field (examples, the divergent paths of an exchange in
+    the aggregates), which a long list would otherwise multiply. Quoted keys (`$['a[1]']`)
+    stay as they are."""
+    return _STEPS.sub(lambda step: "[*]" if step[1] else step[0], path)

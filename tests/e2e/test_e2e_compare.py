@@ -100,7 +100,8 @@ async def run_traffic(
     for runner in runners:
         await runner.cleanup()
     with SQLiteStore(proxy.store, create=False) as store:
-        found = findings(store.routes(proxy.run), store.divergence_rows(proxy.run), Noise())
+        run = proxy.run
+        found = findings(store.routes(run), store.path_counts(run), store.signatures(run), Noise())
         assert store.counts(proxy.run)["compared"] == count
     return {f.route: f for f in found}
 

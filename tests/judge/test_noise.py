@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from factories import tally
 from scipy.stats import fisher_exact
 
 from shadowdiff.config import Noise
@@ -140,11 +141,11 @@ def test_the_adjustment_spans_every_route_of_the_run():
             (route, "secondary", f"{i}.{k}", "body:$.v", "changed", None, "1", "3")
             for k in range(secondary)
         ]
-    together = {f.route: f for f in findings(routes, rows, NOISE)}
+    together = {f.route: f for f in findings(routes, *tally(rows), NOISE)}
     assert together["GET /r0"].fields[0].noise and together["GET /r0"].divergent == 0
     assert not any(f.divergent for f in together.values())
     [alone] = findings(
-        {"GET /r0": routes["GET /r0"]}, [r for r in rows if r[0] == "GET /r0"], NOISE
+        {"GET /r0": routes["GET /r0"]}, *tally([r for r in rows if r[0] == "GET /r0"]), NOISE
     )
     assert not alone.fields[0].noise and alone.divergent == 7
 
@@ -175,7 +176,7 @@ def test_findings_separate_noise_from_divergence():
     for i in range(10):  # a renamed field only the shadow shows
         rows.append(("GET /a", "shadow", f"x{i}", "body:$.name", "removed", None, "a", ""))
     rows.append(("GET /a", "shadow", "x99", "header:x-build", "changed", "ignore", "1", "2"))
-    [found] = findings(routes, rows, Noise())
+    [found] = findings(routes, *tally(rows), Noise())
     assert [(f.path, f.count, f.noise_count, f.noise) for f in found.fields] == [
         ("body:$.name", 10, 0, False),
         ("body:$.ts", 50, 50, True),
@@ -196,7 +197,7 @@ def test_findings_without_secondary_say_noise_is_not_measured():
         }
     }
     rows = [("GET /a", "shadow", f"x{i}", "body:$.ts", "changed", None, "1", "2") for i in range(2)]
-    [found] = findings(routes, rows, Noise())
+    [found] = findings(routes, *tally(rows), Noise())
     assert [(f.count, f.noise, f.p_value) for f in found.fields] == [(2, False, None)]
     assert found.divergent == 2 and not found.noise_measured
     assert "no secondary" in found.note
@@ -208,8 +209,9 @@ def test_findings_without_secondary_do_not_load_scipy():
         from shadowdiff.config import Noise
         from shadowdiff.judge.noise import findings
         totals = {"exchanges": 1, "with_secondary": 0, "matched": 0, "ignored": 0, "divergent": 1}
-        row = ("GET /a", "shadow", "k", "status", "changed", None, "200", "500")
-        assert findings({"GET /a": totals}, [row], Noise())[0].divergent == 1
+        paths = [("GET /a", "shadow", "status", "changed", 1)]
+        found = findings({"GET /a": totals}, paths, [("GET /a", "status", 1)], Noise())
+        assert found[0].divergent == 1
         assert "scipy.stats" not in sys.modules
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -135,6 +135,8 @@ def reads(store: Store) -> dict[str, Any]:
             "routes": list(store.routes(run).items()),
             "statuses": list(store.statuses(run).items()),
             "latency_sample": list(store.latency_sample(run)),
+            "path_counts": store.path_counts(run),
+            "signatures": store.signatures(run),
             "divergence_rows": rows,
             "events": store.events(run),
             "recent": store.recent_divergences(run, 4),
@@ -349,7 +351,7 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(url: str) -> None:
         store.write("r", "a", [exchange(1), exchange(2)], {})
         store.write("r", "b", [exchange(3, route="GET /v/{id}")], {})
         kept = aggregates(store)
-    for table in ("route_stats", "route_statuses", "latency_sample"):
+    for table in ("route_stats", "route_statuses", "path_stats", "signatures", "latency_sample"):
         query(url, f"DROP TABLE {table}")
     query(url, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with PostgresStore(url, create=False) as store:
@@ -358,7 +360,13 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(url: str) -> None:
 
 
 def aggregates(store: Store) -> tuple[object, ...]:
-    return store.routes("r"), store.statuses("r"), list(store.latency_sample("r"))
+    return (
+        store.routes("r"),
+        store.statuses("r"),
+        store.path_counts("r"),
+        store.signatures("r"),
+        list(store.latency_sample("r")),
+    )
 
 
 def test_shared_database_is_fine_but_no_store_is_not_created_on_read(url: str) -> None:

@@ -123,7 +123,7 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(tmp_path):
         store.write("r", "j", [exchange(3)], {})
         kept = reads(store)
     db = sqlite3.connect(path)
-    for table in ("route_stats", "route_statuses", "latency_sample"):
+    for table in ("route_stats", "route_statuses", "path_stats", "signatures", "latency_sample"):
         db.execute(f"DROP TABLE {table}")
     db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     db.commit()
@@ -134,7 +134,13 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(tmp_path):
 
 
 def reads(store: SQLiteStore) -> tuple[object, ...]:
-    return store.routes("r"), store.statuses("r"), list(store.latency_sample("r"))
+    return (
+        store.routes("r"),
+        store.statuses("r"),
+        store.path_counts("r"),
+        store.signatures("r"),
+        list(store.latency_sample("r")),
+    )
 
 
 def test_a_locked_store_is_unavailable(tmp_path):

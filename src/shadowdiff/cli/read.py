@@ -66,7 +66,8 @@ def summary(store_path: str, run_name: str | None, config_path: str | None, fiel
                 click.echo(f"  untimed {side} copies (the worker's loop stalled): {n}")
             found_all = findings(
                 store.routes(run),
-                store.divergence_rows(run),
+                store.path_counts(run),
+                store.signatures(run),
                 cfg.noise,
                 confidence=cfg.judge.confidence,
             )

@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 
 import orjson
 
-from shadowdiff.jsonpath import MAX_DEPTH, Rules, State, automaton, format_path
+from shadowdiff.jsonpath import MAX_DEPTH, Rules, State, any_index, automaton, format_path
 
 __all__ = ["MAX_DEPTH", "Difference", "any_index", "diff"]
 
@@ -34,8 +34,6 @@ _NUMBERS = frozenset({int, float})
 _MISSING: Any = object()
 _NO_RULES = Rules()
 
-_STEPS = re.compile(r"\['(?:[^'\\]|\\.)*'\]|\[(\d+)\]")
-"""A quoted key of `format_path` (left as it is) or a list index."""
 
 _Path: TypeAlias = "tuple[_Path, Any] | None"  # linked (parent, key or index): O(1) per step down
 _Task: TypeAlias = "tuple[Any, Any, _Path, State, int]"
@@ -534,10 +532,3 @@ def diff(a: Any, b: Any, rules: Rules = _NO_RULES) -> list[Difference]:
     if _same(a, b):
         return []
     return _Walker().run(a, b, automaton(rules).root)
-
-
-def any_index(path: str) -> str:
-    """`body:$.items[3].price` → `body:$.items[*].price`: the one name of a field of every item
-    of a list, for what is kept per field (examples), which a long list would otherwise
-    multiply. Quoted keys (`$['a[1]']`) stay as they are."""
-    return _STEPS.sub(lambda step: "[*]" if step[1] else step[0], path)

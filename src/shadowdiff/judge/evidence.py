@@ -107,7 +107,12 @@ def gather(
     matrix exactly, the timings from each route's uniform sample (`store.aggregates`)."""
     totals = store.routes(run, only)
     found = findings(
-        totals, store.divergence_rows(run, only), cfg.noise, _accepted(cfg), cfg.judge.confidence
+        totals,
+        store.path_counts(run, only),
+        store.signatures(run, only),
+        cfg.noise,
+        _accepted(cfg),
+        cfg.judge.confidence,
     )
     statuses = store.statuses(run, only)
     samples: dict[str, list[tuple[Any, ...]]] = {}

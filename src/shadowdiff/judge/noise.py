@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from shadowdiff.config import Judge, Noise
+from shadowdiff.jsonpath import any_index
+from shadowdiff.store.base import PathRow, SignatureRow
 
 DEFAULT_CONFIDENCE: float = Judge.model_fields["confidence"].default
 """`judge.confidence` by default, for callers that pass none."""
@@ -143,34 +145,39 @@ class RouteFindings:
 
 
 Row = tuple[str, str, str, str, str, str | None, str, str]
-"""(route, side, exchange key, path, kind, rule, left, right), as the store lists them."""
+"""(route, side, exchange key, path, kind, rule, left, right): a stored divergence."""
 
 
 def findings(
     routes: dict[str, dict[str, int]],
-    rows: Iterable[Row],
+    paths: Iterable[PathRow],
+    signatures: Iterable[SignatureRow],
     cfg: Noise,
     accepted: Callable[[str, str], bool] = lambda route, path: False,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> list[RouteFindings]:
-    """Per route: the fields with the noise test applied, and the divergent exchanges.
-    Fields `accepted(route, path)` says a release owner accepted are listed but not counted."""
-    shadow: dict[tuple[str, str], set[str]] = {}
-    secondary: dict[tuple[str, str], set[str]] = {}
+    """Per route: the fields with the noise test applied, and the divergent exchanges: those
+    whose signature names a path that is real (neither noise nor accepted). Fields
+    `accepted(route, path)` says a release owner accepted are listed but not counted. A
+    field's kind is its most common (ties: the first by name)."""
+    shadow: dict[tuple[str, str], int] = {}
+    secondary: dict[tuple[str, str], int] = {}
     kinds: dict[tuple[str, str], Counter[str]] = {}
-    for route, side, key, path, kind, rule, *_ in rows:
-        if rule is not None:
-            continue
-        target = shadow if side == "shadow" else secondary
-        target.setdefault((route, path), set()).add(key)
+    for route, side, path, kind, n in paths:
         if side == "shadow":
-            kinds.setdefault((route, path), Counter())[kind] += 1
-    paths: dict[str, list[tuple[str, set[str]]]] = {}  # by route: one pass, however many
-    for (route, path), keys in sorted(shadow.items()):
-        paths.setdefault(route, []).append((path, keys))
+            shadow[(route, path)] = shadow.get((route, path), 0) + n
+            kinds.setdefault((route, path), Counter())[kind] += n
+        else:
+            secondary[(route, path)] = secondary.get((route, path), 0) + n
+    listed: dict[str, list[tuple[str, int]]] = {}  # by route: one pass, however many
+    for (route, path), n in sorted(shadow.items()):
+        listed.setdefault(route, []).append((path, n))
+    sets: dict[str, list[tuple[frozenset[str], int]]] = {}
+    for route, named, n in signatures:
+        sets.setdefault(route, []).append((frozenset(named.split("\n")), n))
     counted = {
-        route: [(len(keys), len(secondary.get((route, path), ()))) for path, keys in listed]
-        for route, listed in paths.items()
+        route: [(r, secondary.get((route, path), 0)) for path, r in fields]
+        for route, fields in listed.items()
     }
     groups = [
         (counted.get(route, []), totals["exchanges"], totals["with_secondary"])
@@ -180,14 +187,16 @@ def findings(
     for (route, totals), (counts, _, _), decided in zip(
         routes.items(), groups, tested(groups, cfg, confidence), strict=True
     ):
-        listed = paths.get(route, [])
-        fields, divergent = [], set()
-        for (path, keys), (r, n), (noise, p) in zip(listed, counts, decided, strict=True):
+        fields, real = [], set()
+        for (path, _), (r, n), (noise, p) in zip(
+            listed.get(route, []), counts, decided, strict=True
+        ):
             kind = kinds[(route, path)].most_common(1)[0][0]
             ok = accepted(route, path)
             fields.append(Field(path, kind, r, n, noise, ok, p))
             if not (noise or ok):
-                divergent |= keys
+                real.add(any_index(path))
+        divergent = sum(n for named, n in sets.get(route, []) if named & real)
         fields.sort(key=lambda f: (f.noise, -f.count, f.path))
         out.append(
             RouteFindings(
@@ -196,8 +205,8 @@ def findings(
                 with_secondary=totals["with_secondary"],
                 matched=totals["matched"],
                 ignored=totals["ignored"],
-                noisy=totals["divergent"] - len(divergent),
-                divergent=len(divergent),
+                noisy=totals["divergent"] - divergent,
+                divergent=divergent,
                 fields=fields,
             )
         )

@@ -25,6 +25,13 @@ SampleRow = tuple[str, float, float | None, float | None, float | None]
 """(route, when it was sampled, primary latency, shadow latency, secondary latency) of one
 pair of a route's latency sample; a side's latency is None where it failed."""
 
+PathRow = tuple[str, str, str, str, int]
+"""(route, side, path, kind, exchanges that really diverge there with that kind)."""
+
+SignatureRow = tuple[str, str, int]
+"""(route, the paths where the shadow really diverges, one per line, list indexes as `[*]`,
+exchanges that diverge at exactly those)."""
+
 DivergenceRow = tuple[str, str, str, str, str, str | None, str, str]
 """(route, side, exchange key, path, kind, rule, left, right) of one divergence."""
 
@@ -93,8 +100,19 @@ class Store(Protocol):
         `aggregates.SAMPLE` pairs, by route and then in time order."""
         ...
 
+    def path_counts(self, run: str, route: str | None = None) -> list[PathRow]:
+        """Per route (or of `route` alone), side, path and kind: the exchanges that really
+        diverge there, from the aggregates, ordered by route, side, path, kind."""
+        ...
+
+    def signatures(self, run: str, route: str | None = None) -> list[SignatureRow]:
+        """Per route (or of `route` alone): the exchanges by the set of paths where the
+        shadow really diverges, from the aggregates."""
+        ...
+
     def divergence_rows(self, run: str, route: str | None = None) -> Iterator[DivergenceRow]:
-        """A `DivergenceRow` for every divergence (of `route` alone, if given)."""
+        """A `DivergenceRow` for every divergence kept in a row (of `route` alone, if
+        given): the values behind `suggest-ignores`."""
         ...
 
     def events(self, run: str) -> list[Event]:
@@ -322,6 +340,24 @@ class Backend(ABC):
         ):
             out.setdefault(name, {})[(primary, shadow)] = int(n)
         return out
+
+    def path_counts(self, run: str, route: str | None = None) -> list[PathRow]:
+        where, args = self._of(run, route)
+        rows = self._all(
+            f"SELECT route, side, path, kind, SUM(count) FROM path_stats WHERE {where}"
+            " GROUP BY route, side, path, kind ORDER BY 1, 2, 3, 4",
+            args,
+        )
+        return [(route, side, path, kind, int(n)) for route, side, path, kind, n in rows]
+
+    def signatures(self, run: str, route: str | None = None) -> list[SignatureRow]:
+        where, args = self._of(run, route)
+        rows = self._all(
+            f"SELECT route, paths, SUM(count) FROM signatures WHERE {where}"
+            " GROUP BY route, digest, paths ORDER BY 1, 2",
+            args,
+        )
+        return [(route, paths, int(n)) for route, paths, n in rows]
 
     def latency_sample(self, run: str, route: str | None = None) -> Iterator[SampleRow]:
         where, args = self._of(run, route)

@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from shadowdiff.errors import StoreError, StoreUnavailable
 from shadowdiff.store import schema
-from shadowdiff.store.aggregates import MIGRATE, Aggregates
+from shadowdiff.store.aggregates import Aggregates, migrate
 from shadowdiff.store.base import Backend, Batch, Rows
 
 CONNECT_TIMEOUT = 3.0
@@ -269,8 +269,9 @@ class PostgresStore(Backend):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if schema.must_migrate(self.path, row[0] if row else "unknown"):
                 conn.execute(_PG_SCHEMA)  # every statement of the schema is idempotent
-                for statement in MIGRATE:
-                    conn.execute(statement.format(random="random()"))
+                conn.execute("SET LOCAL statement_timeout = 0")  # a big store takes its time
+                with conn.cursor() as cursor:
+                    migrate(_Writes(cursor), "random()")
                 conn.execute(
                     "UPDATE meta SET value = %s WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),

@@ -29,8 +29,8 @@ from shadowdiff.model import (
 SCHEMA_VERSION = 4
 MIGRATES_FROM = ("2", "3")
 """Older versions this one upgrades in place: version 3 added the events table, version 4 the
-aggregates (`route_stats`, `route_statuses`, `latency_sample`), computed from the stored
-exchanges by MIGRATE."""
+aggregates (`route_stats`, `route_statuses`, `path_stats`, `signatures`, `latency_sample`),
+computed from the stored exchanges and divergences (`aggregates.migrate`)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,6 +108,25 @@ CREATE TABLE IF NOT EXISTS route_statuses (
     shadow_side TEXT NOT NULL,
     count INTEGER NOT NULL,
     PRIMARY KEY (run, instance, route, primary_side, shadow_side)
+);
+CREATE TABLE IF NOT EXISTS path_stats (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    route TEXT NOT NULL,
+    side TEXT NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run, instance, route, side, path, kind)
+);
+CREATE TABLE IF NOT EXISTS signatures (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    route TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run, instance, route, digest)
 );
 CREATE TABLE IF NOT EXISTS latency_sample (
     run TEXT NOT NULL,

@@ -16,7 +16,7 @@ from typing import Any
 from shadowdiff.errors import StoreError, StoreUnavailable
 from shadowdiff.model import apply_merge
 from shadowdiff.store import schema
-from shadowdiff.store.aggregates import MIGRATE, Aggregates
+from shadowdiff.store.aggregates import Aggregates, migrate
 from shadowdiff.store.base import Backend, Batch, Rows
 from shadowdiff.store.schema import clean
 
@@ -115,10 +115,7 @@ class SQLiteStore(Backend):
         if schema.must_migrate(self.path, row[0] if row else "unknown"):
             self.db.executescript(schema.SCHEMA)  # every statement of it is idempotent
             with self.db:  # the aggregates and the new version, in one transaction
-                for statement in MIGRATE:
-                    self.db.execute(
-                        statement.format(random="(random() / 18446744073709551616.0 + 0.5)")
-                    )
+                migrate(_Rows(self.db), "(random() / 18446744073709551616.0 + 0.5)")
                 self.db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),
