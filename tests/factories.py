@@ -78,18 +78,19 @@ def tally(rows: list[tuple[str, str, str, str, str, str | None, str, str]]) -> t
     (route, side, exchange key, path, kind, rule, left, right): a test writes the rows."""
     from collections import Counter
 
-    from shadowdiff.jsonpath import any_index
+    from shadowdiff.store.aggregates import signature
 
-    first: dict[tuple[str, str, str, str], str] = {}
+    first: dict[tuple[str, str, str], dict[str, str]] = {}
     for route, side, key, path, kind, rule, *_ in rows:
         if rule is None:
-            first.setdefault((route, side, key, path), kind)
-    paths = Counter((route, side, path, kind) for (route, side, _, path), kind in first.items())
-    sets: dict[tuple[str, str], set[str]] = {}
-    for route, side, key, path in first:
+            first.setdefault((route, side, key), {}).setdefault(path, kind)
+    paths: Counter[tuple[str, ...]] = Counter()
+    signatures: Counter[tuple[str, str]] = Counter()
+    for (route, side, _), kinds in first.items():
+        for path, kind in kinds.items():
+            paths[(route, side, path, kind)] += 1
         if side == "shadow":
-            sets.setdefault((route, key), set()).add(any_index(path))
-    signatures = Counter((route, "\n".join(sorted(named))) for (route, _), named in sets.items())
+            signatures[(route, signature(kinds)[1])] += 1
     return (
         [(*k, n) for k, n in sorted(paths.items())],
         [(*k, n) for k, n in sorted(signatures.items())],

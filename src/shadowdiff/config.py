@@ -355,6 +355,9 @@ class Storage(Strict):
     and divergent path, and a few matched ones), every other exchange with a real divergence
     as a row without them, and matched ones in the aggregates alone; `divergent`, every
     exchange with a real divergence whole; `all`, every exchange whole."""
+    max_rows: Annotated[int, Field(ge=1)] | None = None
+    """Exchange rows a run keeps at most; beyond, the oldest that are no example are deleted
+    with their divergences (the aggregates keep counting them). None: no cap."""
 
 
 class Judge(Strict):

@@ -18,8 +18,8 @@ from deepdiff import DeepDiff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shadowdiff.compare.jsondiff import MAX_DEPTH, Difference, any_index, diff
-from shadowdiff.jsonpath import Rules, format_path
+from shadowdiff.compare.jsondiff import MAX_DEPTH, Difference, diff
+from shadowdiff.jsonpath import Rules, any_index, format_path
 
 PROPERTY = settings(
     max_examples=300,

@@ -203,6 +203,24 @@ def test_findings_without_secondary_say_noise_is_not_measured():
     assert "no secondary" in found.note
 
 
+def test_an_exchange_is_divergent_by_its_own_paths_not_its_lists():
+    """A real item and a noisy item of one list: only the exchanges where the real one differs
+    are divergent (the rows' answer), the others are noise only."""
+    routes = {"GET /a": {"exchanges": 400, "with_secondary": 400, "matched": 0, "ignored": 0,
+                         "divergent": 400}}  # fmt: skip
+    rows = [("GET /a", "shadow", f"r{i}", "body:$.items[0].x", "changed", None, "1", "2")
+            for i in range(100)]  # fmt: skip
+    for i in range(300):
+        for side in ("shadow", "secondary"):
+            rows.append(("GET /a", side, f"n{i}", "body:$.items[5].x", "changed", None, "1", "3"))
+    [found] = findings(routes, *tally(rows), NOISE)
+    assert [(f.path, f.noise) for f in found.fields] == [
+        ("body:$.items[0].x", False),
+        ("body:$.items[5].x", True),
+    ]
+    assert (found.divergent, found.noisy) == (100, 300)
+
+
 def test_findings_without_secondary_do_not_load_scipy():
     code = """if True:
         import sys
@@ -210,7 +228,7 @@ def test_findings_without_secondary_do_not_load_scipy():
         from shadowdiff.judge.noise import findings
         totals = {"exchanges": 1, "with_secondary": 0, "matched": 0, "ignored": 0, "divergent": 1}
         paths = [("GET /a", "shadow", "status", "changed", 1)]
-        found = findings({"GET /a": totals}, paths, [("GET /a", "status", 1)], Noise())
+        found = findings({"GET /a": totals}, paths, [("GET /a", '["status"]', 1)], Noise())
         assert found[0].divergent == 1
         assert "scipy.stats" not in sys.modules
     """
@@ -281,4 +299,4 @@ def test_suggest_ignores():
         )
         for i in range(5)
     ]
-    assert suggest_ignores(routes, rows) == {"GET /a": ["body:$.at"]}
+    assert suggest_ignores(routes, tally(rows)[0], rows) == {"GET /a": ["body:$.at"]}

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from factories import exchange, outcome, snapshot
 
+from shadowdiff.config import Noise
+from shadowdiff.judge.noise import findings
 from shadowdiff.model import COUNTED, Divergence, Exchange, Outcome
 from shadowdiff.store import SQLiteStore, aggregates
 
@@ -89,6 +91,19 @@ def test_a_sampled_latency_is_none_where_the_side_failed(tmp_path):
         assert list(store.latency_sample("r")) == [("GET /u/{id}", 1.0, 0.010001, None, None)]
         assert store.routes("r")["GET /u/{id}"]["shadow_errors"] == 1
         assert store.statuses("r") == {"GET /u/{id}": {("200", "timeout"): 1}}
+
+
+def test_a_key_with_a_newline_still_makes_its_exchange_divergent(tmp_path):
+    """A hostile body's key may hold any character: the set of an exchange's paths is a JSON
+    array, never text split on a separator."""
+    x = numbered(1)
+    x.shadow_diffs = [Divergence("body:$['a\nb']", "changed", "1", "2")]
+    with SQLiteStore(tmp_path / "s.db") as store:
+        store.write("r", "a", [x], {})
+        [found] = findings(
+            store.routes("r"), store.path_counts("r"), store.signatures("r"), Noise()
+        )
+    assert (found.divergent, [f.path for f in found.fields]) == (1, ["body:$['a\nb']"])
 
 
 def test_runs_are_listed_with_their_size_and_deleted_whole(tmp_path):

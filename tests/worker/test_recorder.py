@@ -163,9 +163,9 @@ def test_frugal_bodies_report_the_same_as_keeping_every_body(tmp_path):
     assert [f["noise"] for f in users["fields"]] == [True]
     assert reported["all"][1]["examples"]["GET /orders/{id}"]["body:$.a"]
     assert kept["all"] == (600, 600)
-    # divergent: the 29 real divergences and the 200 users exchanges the secondary differs
-    # on, whole, and the matched that took an example slot; examples: the divergent rows
-    # without their bodies but for the examples'
+    # divergent: the shadow's 29 real divergences and its 200 differing X-Node headers
+    # (noise, which only the judge tells apart) whole, and the matched that took an example
+    # slot; examples: the same rows, without their bodies but for the examples'
     assert 229 < kept["divergent"][0] == kept["examples"][0] < 300
     assert kept["examples"][1] < kept["divergent"][1] == kept["divergent"][0]
 
@@ -191,3 +191,41 @@ def test_a_matched_exchange_costs_under_200_bytes_on_disk(tmp_path):
         files = tmp_path.glob(f"{bodies or 'default'}.db*")
         sizes[bodies] = sum(f.stat().st_size for f in files) / 20_000
     assert sizes[None] <= 200 < sizes["all"], sizes
+
+
+def test_max_rows_deletes_the_oldest_rows_but_the_examples(tmp_path, monkeypatch):
+    """storage.max_rows caps a run's rows: the oldest go with their divergences, the rows the
+    examples point at stay, and the aggregates still count every exchange."""
+    monkeypatch.setattr("shadowdiff.worker.recorder.PRUNE_EVERY", 10)
+    cfg = load_config(
+        None,
+        {
+            "shadow": "http://a:1",
+            "store": str(tmp_path / "r.db"),
+            "run": "r",
+            "storage.bodies": "all",
+            "storage.max_rows": 20,
+            "compare.examples": 2,
+        },
+    )
+    rec = Recorder(cfg, "test:1", SQLiteStore(cfg.store))
+    for start in range(0, 100, 10):
+        batch = [
+            exchange(i, f"/u/{i}", {"a": 2} if i % 5 == 0 else {"a": 1})
+            for i in range(start, start + 10)
+        ]
+        rec.record(batch, {"tap": {"seen": start + 10, "sampled": start + 10}})
+    rows = [x.request.flow_id for x in rec.store.exchanges("r")]
+    examples = rec.store.examples("r", "GET /u/{id}", "body:$.a")
+    matched = rec.store.examples("r", "GET /u/{id}", "matched")
+    assert len(examples) == len(matched) == 2
+    kept = {x.request.flow_id for x in examples + matched}
+    assert kept <= set(rows) and len(rows) <= 20 + len(kept)
+    assert rows[-20:] == [f"f{i}" for i in range(80, 100)]  # the newest
+    assert rec.store.routes("r")["GET /u/{id}"]["exchanges"] == 100
+    with sqlite3.connect(cfg.store) as db:
+        orphans = db.execute(
+            "SELECT COUNT(*) FROM divergences AS d WHERE NOT EXISTS (SELECT 1 FROM exchanges"
+            " AS x WHERE x.instance = d.instance AND x.flow_id = d.flow_id)"
+        ).fetchone()
+    assert orphans == (0,)

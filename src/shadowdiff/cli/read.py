@@ -93,7 +93,9 @@ def suggest_ignores_command(store_path: str, run_name: str) -> None:
 
     with open_store(store_path, create=False) as store:
         _runs(store, store_path, run_name)
-        found = suggest_ignores(store.routes(run_name), store.divergence_rows(run_name))
+        found = suggest_ignores(
+            store.routes(run_name), store.path_counts(run_name), store.divergence_rows(run_name)
+        )
     click.echo("# paths that differ in nearly every exchange with generated-looking values;")
     click.echo("# review, then paste under `compare:` in the config")
     rules = [{"route": route, "ignore": paths} for route, paths in found.items()]

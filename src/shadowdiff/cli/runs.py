@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from shadowdiff.cli.common import STORE_PATH, UsageProblem, cli, options
-from shadowdiff.store import open_store
-from shadowdiff.store.base import RunSize
+from shadowdiff.store import RunSize, open_store
 
 
 def _when(ts: float | None) -> str:
@@ -42,7 +41,7 @@ def _line(r: RunSize) -> str:
 @click.option(
     "--older-than-days",
     "older_than",
-    type=click.FloatRange(min=0.0),
+    type=click.FloatRange(min=0.0, min_open=True),
     metavar="DAYS",
     help="Delete every run whose last exchange was sampled more than DAYS days ago.",
 )

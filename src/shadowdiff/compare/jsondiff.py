@@ -20,9 +20,9 @@ from typing import Any, TypeAlias
 
 import orjson
 
-from shadowdiff.jsonpath import MAX_DEPTH, Rules, State, any_index, automaton, format_path
+from shadowdiff.jsonpath import MAX_DEPTH, Rules, State, automaton, format_path
 
-__all__ = ["MAX_DEPTH", "Difference", "any_index", "diff"]
+__all__ = ["MAX_DEPTH", "Difference", "diff"]
 
 _DIFFLIB_CELLS = 250_000
 """Largest len(a) * len(b) given to difflib, which is quadratic at worst, to align scalar lists."""

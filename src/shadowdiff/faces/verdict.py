@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import math
 import threading
@@ -32,6 +33,10 @@ T = TypeVar("T")
 
 FRESH = 1.0
 """Seconds a computed verdict is served before it is judged again."""
+STALE = 30.0
+"""Seconds a verdict older than FRESH is still served at once while the next is judged: a
+judgement of a long run takes a second or two, a caller (Argo's web metric, 20 s timeout)
+gets the latest at once; older than this, callers wait for the new one."""
 MAX_CACHED = 100
 """Verdicts of single routes kept; the cache starts afresh beyond."""
 MAX_PENDING = 4
@@ -64,25 +69,38 @@ class LiveVerdict:
         self.known: tuple[float, frozenset[str]] = (-math.inf, frozenset())
         self.listing: asyncio.Future[frozenset[str]] | None = None
 
+    def warm(self) -> None:
+        """Loads the judge (scipy: about a second) in the verdict thread, off the worker's
+        loop, so that the first /verdict (Argo's, after a restart) answers as fast as later
+        ones instead of paying for the import."""
+        for module in ("shadowdiff.judge.evidence", "scipy.stats"):
+            self.executor.submit(importlib.import_module, module)
+
     async def verdict(self, route: str | None = None) -> VerdictDocument:
-        """The verdict document of the run (or of one route); at most FRESH seconds old.
+        """The verdict document of the run (or of one route): judged again once FRESH seconds
+        old, the previous one served meanwhile if under STALE seconds old.
 
         Callers asking at once share one judgement; the store is read in the verdict thread.
         Raises `UnknownRoute` for a route the store does not hold, `Busy` when MAX_PENDING
         other routes are being judged.
         """
         cached = self.latest.get(route)
-        if cached and time.monotonic() - cached[0] < FRESH:
+        age = time.monotonic() - cached[0] if cached else math.inf
+        if cached and age < FRESH:
             return cached[1]
         if route is not None and route not in await self._routes(route):
             raise UnknownRoute(route)
         judging = self.judging.get(route)
         if judging is None:
             if route is not None and sum(r is not None for r in self.judging) >= MAX_PENDING:
+                if cached and age < STALE:
+                    return cached[1]
                 raise Busy(route)
             judging = asyncio.ensure_future(self._in_thread(self._document, route))
             self.judging[route] = judging
             judging.add_done_callback(lambda done: self._judged(route, done))
+        if cached and age < STALE:
+            return cached[1]
         return await asyncio.shield(judging)
 
     async def _routes(self, wanted: str) -> frozenset[str]:
@@ -107,6 +125,11 @@ class LiveVerdict:
 
     def _judged(self, route: str | None, future: asyncio.Future[VerdictDocument]) -> None:
         del self.judging[route]
+        failed = not future.cancelled() and future.exception() is not None
+        if failed and route in self.latest:  # its callers were served the last one, unaware
+            logger.warning(
+                "cannot judge the run again, serving the last verdict: %s", future.exception()
+            )
         if not future.cancelled() and future.exception() is None:
             if len(self.latest) >= MAX_CACHED:  # routes come from the query string: bounded
                 self.latest.clear()

@@ -273,7 +273,7 @@ def _rate(rd: RouteData) -> float | None:
     if rd.timestamps is None or len(rd.timestamps) < 2:
         return None
     span = float(np.max(rd.timestamps) - np.min(rd.timestamps))
-    exchanges = rd.population if rd.sampled and rd.population else len(rd.timestamps)
+    exchanges = rd.population if rd.population is not None else len(rd.timestamps)
     return (exchanges - 1) / span if span > 0 else None
 
 
@@ -288,7 +288,8 @@ def _needs(rd: RouteData, more: int, n: int) -> Needs:
 
 
 def _of_sample(rd: RouteData) -> str:
-    """What a latency check's pairs are, when they are a sample of the route's."""
+    """What a latency check's pairs are, when they are a sample of the route's (more
+    exchanges would not add to it: no `Needs`)."""
     if not rd.sampled:
         return ""
     return f", a uniform sample of the route's {rd.population:,} exchanges"
@@ -333,10 +334,9 @@ def _latency_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[
         return checks
     measured = shift(np.log(shadow / base), cfg.confidence) if n else None
     if measured is None or n < max(cfg.min_pairs, 1):
-        detail = _no_pair(rd, n, cfg.min_pairs)
-        checks = [
-            _undecided("latency", rd, limit, n, detail, _needs(rd, max(cfg.min_pairs, 1) - n, n))
-        ]
+        detail = _no_pair(rd, n, cfg.min_pairs) + _of_sample(rd)
+        needs = None if rd.sampled else _needs(rd, max(cfg.min_pairs, 1) - n, n)
+        checks = [_undecided("latency", rd, limit, n, detail, needs)]
     else:
         est, lo, hi = measured.estimate, measured.low, measured.high
         ratio, ci = math.exp(est), (math.exp(lo), math.exp(hi))
@@ -353,8 +353,8 @@ def _latency_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[
         ]
     if with_p99:
         if measured is None or n < cfg.p99_min_pairs:
-            detail = _no_pair(rd, n, cfg.p99_min_pairs, " for p99")
-            needs = _needs(rd, cfg.p99_min_pairs - n, n)
+            detail = _no_pair(rd, n, cfg.p99_min_pairs, " for p99") + _of_sample(rd)
+            needs = None if rd.sampled else _needs(rd, cfg.p99_min_pairs - n, n)
             checks.append(_undecided("latency_p99", rd, p99_limit, n, detail, needs))
         else:
             block = measured.dependence.block

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from shadowdiff import __version__, jsonpath
-from shadowdiff.compare import MASK, Redactor, bodies, jsondiff
+from shadowdiff.compare import MASK, Redactor, bodies
 from shadowdiff.config import Config, Redact
 from shadowdiff.counts import LATENCY_REFERENCE, RECORDED_PRIMARY, by_reason, imbalance
 from shadowdiff.judge.checks import Check, JudgeConfig, RouteData, Verdict, baseline, judge
@@ -103,8 +103,9 @@ def gather(
 ) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]]]:
     """Findings per route, the judge's inputs, and latency samples per route and side
     (of route `only`, if given: only its aggregates are read); `reference` timed the
-    baselines. Everything but the findings comes from the aggregates: counts and the status
-    matrix exactly, the timings from each route's uniform sample (`store.aggregates`)."""
+    baselines. All of it comes from the aggregates (`store.aggregates`), never the rows:
+    counts, paths and the status matrix exactly, the timings from each route's uniform
+    sample."""
     totals = store.routes(run, only)
     found = findings(
         totals,
@@ -296,7 +297,7 @@ def examples(
     paths as the examples are kept (list indexes as `[*]`), in the order of the fields."""
     out: dict[str, dict[str, list[Example]]] = {}
     for route in found:
-        paths = dict.fromkeys(jsondiff.any_index(f.path) for f in route.fields if not f.noise)
+        paths = dict.fromkeys(jsonpath.any_index(f.path) for f in route.fields if not f.noise)
         for path in paths:
             shown = shown_examples(store, run, route.route, path, redactor)
             if shown:
@@ -309,7 +310,7 @@ def shown_examples(
 ) -> list[Example]:
     """Up to EXAMPLES_SHOWN example exchanges of one (route, path), redacted again: those kept
     for the path with its list indexes as `[*]`, which every index shares."""
-    kept = store.examples(run, route, jsondiff.any_index(path))
+    kept = store.examples(run, route, jsonpath.any_index(path))
     return [_example(x, redactor) for x in kept[:EXAMPLES_SHOWN]]
 
 

@@ -40,9 +40,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from shadowdiff.config import Judge, Noise
-from shadowdiff.jsonpath import any_index
-from shadowdiff.store.base import PathRow, SignatureRow
+from shadowdiff.store import PathRow, SignatureRow
 
 DEFAULT_CONFIDENCE: float = Judge.model_fields["confidence"].default
 """`judge.confidence` by default, for callers that pass none."""
@@ -174,7 +175,7 @@ def findings(
         listed.setdefault(route, []).append((path, n))
     sets: dict[str, list[tuple[frozenset[str], int]]] = {}
     for route, named, n in signatures:
-        sets.setdefault(route, []).append((frozenset(named.split("\n")), n))
+        sets.setdefault(route, []).append((frozenset(orjson.loads(named)), n))
     counted = {
         route: [(r, secondary.get((route, path), 0)) for path, r in fields]
         for route, fields in listed.items()
@@ -195,7 +196,7 @@ def findings(
             ok = accepted(route, path)
             fields.append(Field(path, kind, r, n, noise, ok, p))
             if not (noise or ok):
-                real.add(any_index(path))
+                real.add(path)
         divergent = sum(n for named, n in sets.get(route, []) if named & real)
         fields.sort(key=lambda f: (f.noise, -f.count, f.path))
         out.append(
@@ -229,22 +230,29 @@ def looks_generated(value: str) -> bool:
 
 
 def suggest_ignores(
-    routes: dict[str, dict[str, int]], rows: Iterable[Row], share: float = 0.9, minimum: int = 10
+    routes: dict[str, dict[str, int]],
+    paths: Iterable[PathRow],
+    rows: Iterable[Row],
+    share: float = 0.9,
+    minimum: int = 10,
 ) -> dict[str, list[str]]:
-    """Route → paths where the shadow differs in nearly every exchange with values that look
-    generated (timestamps, UUIDs, random tokens): candidates for ignore rules, which shadowdiff
-    never applies by default (that could hide real bugs)."""
-    keys: dict[tuple[str, str], set[str]] = {}
+    """Route → paths where the shadow differs in nearly every exchange (by the aggregates'
+    counts) with values that look generated (timestamps, UUIDs, random tokens) in every
+    divergence still kept as a row: candidates for ignore rules, which shadowdiff never
+    applies by default (that could hide real bugs)."""
+    differing: Counter[tuple[str, str]] = Counter()
+    for route, side, path, _kind, n in paths:
+        if side == "shadow":
+            differing[(route, path)] += n
     generated: dict[tuple[str, str], bool] = {}
-    for route, side, key, path, _kind, rule, left, right in rows:
+    for route, side, _key, path, _kind, rule, left, right in rows:
         if side != "shadow" or rule is not None:
             continue
-        keys.setdefault((route, path), set()).add(key)
         both = looks_generated(left) and looks_generated(right)
         generated[(route, path)] = generated.get((route, path), True) and both
     out: dict[str, list[str]] = {}
-    for (route, path), seen in sorted(keys.items()):
+    for (route, path), seen in sorted(differing.items()):
         total = routes.get(route, {}).get("exchanges", 0)
-        if total >= minimum and len(seen) >= share * total and generated[(route, path)]:
+        if total >= minimum and seen >= share * total and generated.get((route, path), False):
             out.setdefault(route, []).append(path)
     return out

@@ -9,11 +9,9 @@ exactly:
 - `route_statuses`: the status matrix (primary's status or error kind × the shadow's);
 - `path_stats`: per side, path and kind, the exchanges that really diverge there (the noise
   test's r and n: an exchange counts once per path);
-- `signatures`: the exchanges by the set of paths where the shadow really diverges, list
-  indexes as `[*]` (so a list changed anywhere is one set): the divergent count once noise
-  is known, without the exchanges' keys. A signature path is real when any path it names is;
-  an exchange whose `[7]` is real and whose `[9]` is noise counts as divergent, the cautious
-  side.
+- `signatures`: the exchanges by the set of paths where the shadow really diverges (at most
+  MAX_DIVERGENCES + 1 of them, a JSON array): the divergent count once noise is known,
+  exactly as from the rows, without the exchanges' keys.
 
 And per run and route a uniform sample of at most SAMPLE latency pairs, a bottom-k sample
 (Cohen & Kaplan, "Summarizing data using bottom-k sketches", PODC 2007): every exchange draws
@@ -37,7 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shadowdiff.jsonpath import any_index
+import orjson
+
 from shadowdiff.model import DIVERGENT, IGNORED, MATCHED, Divergence, Exchange, Outcome, result_of
 from shadowdiff.store.schema import like_prefix
 
@@ -49,6 +48,9 @@ bootstrap (200 pairs above the p99); a route's 20,000 take about 1.3 MB on disk.
 RESULTS = (MATCHED, IGNORED, DIVERGENT)
 STATS = ("exchanges", "with_secondary", *RESULTS, "primary_errors", "shadow_errors")
 """The additive counters of `route_stats`, in its column order after run, instance, route."""
+_EXCHANGES, _SECONDARY, _PRIMARY_ERRORS, _SHADOW_ERRORS = (
+    STATS.index(name) for name in ("exchanges", "with_secondary", "primary_errors", "shadow_errors")
+)
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,35 @@ class Table:
     counters: tuple[str, ...]
 
     @property
-    def upsert(self) -> str:
-        columns = ("run", "instance", *self.keys, *self.extra, *self.counters)
+    def columns(self) -> tuple[str, ...]:
+        return ("run", "instance", *self.keys, *self.extra, *self.counters)
+
+    @property
+    def on_conflict(self) -> str:
         added = ", ".join(f"{c} = {self.name}.{c} + excluded.{c}" for c in self.counters)
+        return f" ON CONFLICT (run, instance, {', '.join(self.keys)}) DO UPDATE SET {added}"
+
+    @property
+    def upsert(self) -> str:
+        columns, marks = ", ".join(self.columns), ", ".join("?" * len(self.columns))
+        return f"INSERT INTO {self.name} ({columns}) VALUES ({marks}){self.on_conflict}"
+
+    def merged(self, under: str) -> str:
+        """One statement that moves the rows `under` a route prefix to their merged route,
+        adding up those that become one (PostgreSQL: a concurrent writer's row is either
+        moved with the rest or written after, never lost between a read and a delete). Its
+        parameters: those of `under`, then old and new."""
+        rest = (*self.keys[1:], *self.extra)
+        moved = ", ".join(("run", "instance", "route", *rest, *self.counters))
+        picked = ", ".join(
+            ("run", "instance", "shadowdiff_apply_merge(route, ?, ?)", *rest)
+            + tuple(f"SUM({c})" for c in self.counters)
+        )
+        groups = ", ".join(str(i + 1) for i in range(3 + len(rest)))
         return (
-            f"INSERT INTO {self.name} ({', '.join(columns)})"
-            f" VALUES ({', '.join('?' * len(columns))})"
-            f" ON CONFLICT (run, instance, {', '.join(self.keys)}) DO UPDATE SET {added}"
+            f"WITH moved AS (DELETE FROM {self.name} WHERE {under} RETURNING {moved})"
+            f" INSERT INTO {self.name} ({', '.join(self.columns)})"
+            f" SELECT {picked} FROM moved GROUP BY {groups}{self.on_conflict}"
         )
 
 
@@ -86,6 +110,11 @@ _CUT = (
 )
 _TRIM = "DELETE FROM latency_sample WHERE run = ? AND route = ? AND priority > ?"
 _UNDER = "run = ? AND (route = ? OR route LIKE ? ESCAPE '\\')"
+_TRIM_ALL = (
+    "DELETE FROM latency_sample WHERE rowid IN (SELECT rowid FROM (SELECT rowid,"
+    " ROW_NUMBER() OVER (PARTITION BY run, route ORDER BY priority) AS k FROM latency_sample)"
+    " AS ranked WHERE k > ?)"
+)
 
 _SIDE = "COALESCE({s}_error, CAST({s}_status AS TEXT), 'None')"
 _FAILED = "COUNT(*) FILTER (WHERE {s}_error IS NOT NULL OR {s}_status >= 500)"
@@ -140,9 +169,10 @@ def _real(diffs: list[Divergence]) -> dict[str, str]:
 
 
 def signature(paths: Iterable[str]) -> tuple[str, str]:
-    """The digest (the key) and the text of a set of paths where an exchange diverges."""
-    text = "\n".join(sorted({any_index(p) for p in paths}))
-    return hashlib.sha256(text.encode("utf-8", "backslashreplace")).hexdigest()[:32], text
+    """The digest (the key) and the text (a JSON array, sorted) of the set of paths where an
+    exchange diverges."""
+    text = orjson.dumps(sorted(set(paths))).decode()
+    return hashlib.sha256(text.encode()).hexdigest()[:32], text
 
 
 class Aggregates:
@@ -150,10 +180,28 @@ class Aggregates:
     them. It remembers each route's cut (the SAMPLE-th lowest priority after its last trim),
     so once a route's sample is full only the rare pair that beats the cut is written."""
 
-    def __init__(self, key: Callable[[str], str], rng: random.Random | None = None) -> None:
+    def __init__(
+        self, key: Callable[[str], str], one_statement: bool, rng: random.Random | None = None
+    ) -> None:
+        """`one_statement`: merges move rows in one statement (PostgreSQL, where other
+        instances write at the same time); else in three (SQLite, one writer, no RETURNING
+        in a WITH)."""
         self.key = key
+        self.one_statement = one_statement
         self.rng = rng or random.Random()
         self.cuts: dict[tuple[str, str], float] = {}
+        self.pending: dict[tuple[str, str], float | None] = {}
+        """The cuts a write found, taken into `cuts` once it commits (`committed`)."""
+
+    def committed(self) -> None:
+        """The last write committed: its cuts hold (a route with none any more, a run deleted
+        under a writer, has its cut dropped)."""
+        for route, cut in self.pending.items():
+            if cut is None:
+                self.cuts.pop(route, None)
+            else:
+                self.cuts[route] = cut
+        self.pending = {}
 
     def write(
         self,
@@ -163,7 +211,9 @@ class Aggregates:
         exchanges: list[Exchange],
         merges: Iterable[tuple[str, str]],
     ) -> None:
-        """Applies the batch's route merges to the aggregates, then adds its exchanges."""
+        """Applies the batch's route merges to the aggregates, then adds its exchanges; the
+        backend calls `committed` once the transaction is."""
+        self.pending = {}
         for old, new in merges:
             self.merge(c, run, self.key(old), self.key(new))
         added: dict[Table, Counter[tuple[object, ...]]] = {t: Counter() for t in TABLES}
@@ -173,11 +223,11 @@ class Aggregates:
         for x in exchanges:
             route = self.key(x.route)
             counts = stats.setdefault(route, [0] * len(STATS))
-            counts[0] += 1
-            counts[1] += x.secondary is not None
-            counts[2 + RESULTS.index(result_of(x.shadow_diffs))] += 1
-            counts[5] += _failed(x.primary)
-            counts[6] += _failed(x.shadow)
+            counts[_EXCHANGES] += 1
+            counts[_SECONDARY] += x.secondary is not None
+            counts[STATS.index(result_of(x.shadow_diffs))] += 1
+            counts[_PRIMARY_ERRORS] += _failed(x.primary)
+            counts[_SHADOW_ERRORS] += _failed(x.shadow)
             added[STATUSES][(route, _side(x.primary), _side(x.shadow))] += 1
             for side, diffs in (("shadow", x.shadow_diffs), ("secondary", x.secondary_diffs)):
                 real = _real(diffs)
@@ -194,17 +244,20 @@ class Aggregates:
         for table in (STATUSES, PATHS, SIGNATURES):
             c.many(table.upsert, [(run, instance, *k, n) for k, n in added[table].items()])
         c.many(SAMPLE_INSERT, fresh)
-        for route in sampled:
+        for route in sorted(sampled):  # in one order in every instance: no deadlock
             cut = c.rows(_CUT, (run, route, SAMPLE - 1))
             if cut:
                 c.run(_TRIM, (run, route, cut[0][0]))
-                self.cuts[(run, route)] = float(cut[0][0])
+            self.pending[(run, route)] = float(cut[0][0]) if cut else None
 
     def merge(self, c: Cursor, run: str, old: str, new: str) -> None:
         """Regroups the aggregates under route prefix `old` as `new`, adding up the counts of
         routes that become one; their samples just join (bottom-k of the union)."""
         under = (run, old, like_prefix(old))
         for table in TABLES:
+            if self.one_statement:
+                c.run(table.merged(_UNDER), (*under, old, new))
+                continue
             rest = (*table.keys[1:], *table.extra)
             columns = ", ".join(("instance", "shadowdiff_apply_merge(route, ?, ?)", *rest))
             sums = ", ".join(f"SUM({n})" for n in table.counters)
@@ -224,25 +277,25 @@ class Aggregates:
 
 def migrate(c: Cursor, random_sql: str) -> None:
     """Computes the aggregates of a store of version 2 or 3 from its rows: counts, statuses
-    and the sample in SQL (`random_sql`: the backend's uniform number in [0, 1); the sample is
-    trimmed on later writes and read bottom-k in any case), the paths and signatures from the
-    divergences, an exchange at a time."""
+    and the sample in SQL (`random_sql`: the backend's uniform number in [0, 1)), the sample
+    trimmed to SAMPLE a route; the paths and signatures from the divergences, an exchange at
+    a time as the write path counts them. Holds the store's real divergences in memory: a
+    version 3 store was judged in memory whole, so it is small enough."""
     for statement in _MIGRATE:
         c.run(statement.format(random=random_sql))
-    c.many(
-        PATHS.upsert,
-        c.rows(
-            "SELECT run, instance, route, side, path, MIN(kind), COUNT(DISTINCT flow_id)"
-            " FROM divergences WHERE rule IS NULL GROUP BY run, instance, route, side, path"
-        ),
-    )
-    per_exchange: dict[tuple[str, str, str, str], set[str]] = {}
-    for run, instance, flow, route, path in c.rows(
-        "SELECT run, instance, flow_id, route, path FROM divergences"
-        " WHERE side = 'shadow' AND rule IS NULL"
+    c.run(_TRIM_ALL, (SAMPLE,))
+    first: dict[tuple[str, str, str, str, str], dict[str, str]] = {}
+    for run, instance, flow, route, side, path, kind in c.rows(
+        "SELECT run, instance, flow_id, route, side, path, kind FROM divergences"
+        " WHERE rule IS NULL ORDER BY rowid"
     ):
-        per_exchange.setdefault((run, instance, route, flow), set()).add(path)
-    found: Counter[tuple[str, str, str, str, str]] = Counter()
-    for (run, instance, route, _), paths in per_exchange.items():
-        found[(run, instance, route, *signature(paths))] += 1
-    c.many(SIGNATURES.upsert, [(*k, n) for k, n in found.items()])
+        first.setdefault((run, instance, flow, route, side), {}).setdefault(path, kind)
+    paths: Counter[tuple[str, ...]] = Counter()
+    signatures: Counter[tuple[str, ...]] = Counter()
+    for (run, instance, _, route, side), kinds in first.items():
+        for path, kind in kinds.items():
+            paths[(run, instance, route, side, path, kind)] += 1
+        if side == "shadow":
+            signatures[(run, instance, route, *signature(kinds))] += 1
+    c.many(PATHS.upsert, [(*k, n) for k, n in paths.items()])
+    c.many(SIGNATURES.upsert, [(*k, n) for k, n in signatures.items()])

@@ -11,6 +11,7 @@ and its divergences agree), `_write(batch)` and `close()`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -74,6 +75,11 @@ class Store(Protocol):
 
     def delete_run(self, run: str) -> None:
         """Removes every record of the run, in one transaction."""
+        ...
+
+    def prune(self, run: str, keep: int) -> None:
+        """Deletes the run's oldest exchange rows beyond the newest `keep`, but for those an
+        example slot points at, with their divergences; the aggregates stay as they are."""
         ...
 
     def counts(self, run: str) -> dict[str, int]:
@@ -150,8 +156,9 @@ class Rows(Protocol):
 @dataclass(frozen=True, slots=True)
 class RunSize:
     """What one run holds (`shadowdiff runs`): exchanges compared, rows kept, rows kept
-    whole (headers and bodies), about how many bytes of data they take (indexes and pages
-    aside), and when its first and last exchanges were sampled (None: none recorded)."""
+    whole (headers and bodies), about how many bytes of data its exchanges, divergences,
+    path aggregates and latency sample take (indexes and pages aside), and when its first and
+    last exchanges were sampled (None: none recorded)."""
 
     run: str
     exchanges: int
@@ -162,7 +169,7 @@ class RunSize:
     last: float | None
 
 
-_ROW_BYTES = {"exchanges": 100, "divergences": 60, "latency_sample": 60}
+_ROW_BYTES = {"exchanges": 100, "divergences": 60, "latency_sample": 60, "aggregate": 60}
 """About what a row of each table costs beyond its variable-length columns."""
 _BODY_BYTES = " + ".join(
     f"COALESCE(LENGTH({c}), 0)"
@@ -255,12 +262,16 @@ class Backend(ABC):
                 " MIN(ts), MAX(ts) FROM exchanges GROUP BY run"
             )
         }
-        diffs = dict(
-            self._all(
-                "SELECT run, SUM(LENGTH(path) + LENGTH(left_value) + LENGTH(right_value)"
-                f" + {_ROW_BYTES['divergences']}) FROM divergences GROUP BY run"
-            )
-        )
+        diffs = Counter[str]()
+        for sql in (
+            "SELECT run, SUM(LENGTH(path) + LENGTH(left_value) + LENGTH(right_value)"
+            f" + {_ROW_BYTES['divergences']}) FROM divergences GROUP BY run",
+            f"SELECT run, SUM(LENGTH(path) + {_ROW_BYTES['aggregate']}) FROM path_stats"
+            " GROUP BY run",
+            f"SELECT run, SUM(LENGTH(paths) + {_ROW_BYTES['aggregate']}) FROM signatures"
+            " GROUP BY run",
+        ):
+            diffs.update({run: int(n or 0) for run, n in self._all(sql)})
         sampled = {
             run: rest
             for run, *rest in self._all(
@@ -280,7 +291,7 @@ class Backend(ABC):
                     int(whole),
                     int(size or 0)
                     + _ROW_BYTES["exchanges"] * int(kept)
-                    + int(diffs.get(run) or 0)
+                    + diffs[run]
                     + _ROW_BYTES["latency_sample"] * int(pairs),
                     min(times) if times else None,
                     max(times) if times else None,
@@ -291,6 +302,25 @@ class Backend(ABC):
     def delete_run(self, run: str) -> None:
         tables = sorted(t for t in TABLES if t != "meta")
         self._delete([(f"DELETE FROM {t} WHERE run = ?", (self._as_text(run),)) for t in tables])
+
+    def prune(self, run: str, keep: int) -> None:
+        run = self._as_text(run)
+        doomed = (
+            "run = ? AND id <= (SELECT id FROM exchanges WHERE run = ? ORDER BY id DESC"
+            " LIMIT 1 OFFSET ?) AND NOT EXISTS (SELECT 1 FROM examples AS e WHERE e.run ="
+            " exchanges.run AND e.instance = exchanges.instance AND e.flow_id = exchanges.flow_id)"
+        )
+        args = (run, run, keep)
+        self._delete(
+            [
+                (
+                    "DELETE FROM divergences WHERE run = ? AND (instance, flow_id) IN"
+                    f" (SELECT instance, flow_id FROM exchanges WHERE {doomed})",
+                    (run, *args),
+                ),
+                (f"DELETE FROM exchanges WHERE {doomed}", args),
+            ]
+        )
 
     def counts(self, run: str) -> dict[str, int]:
         """Counters summed over instances and sources (tap and worker own disjoint names)."""
@@ -371,9 +401,8 @@ class Backend(ABC):
         )
 
     def divergence_rows(self, run: str, route: str | None = None) -> Iterator[DivergenceRow]:
-        """A `DivergenceRow` for every divergence (of `route` alone, if given), in the order
-        of SQLite's index, so a field's kind (its most common, ties to the first seen) comes
-        out the same in both."""
+        """A `DivergenceRow` for every divergence kept in a row (of `route` alone, if given),
+        in the order of the index, the same in both backends."""
         where, args = self._of(run, route)
         yield from self._stream(
             "SELECT route, side, instance || ' ' || flow_id, path, kind, rule,"

@@ -250,12 +250,14 @@ class PostgresStore(Backend):
             reconnect_timeout=RECONNECT_TIMEOUT,
             name="shadowdiff",
         )
-        self.aggregates = Aggregates(key=_key)
+        self.aggregates = Aggregates(key=_key, one_statement=True)
 
     def _check_schema(self, conn: psycopg.Connection[TupleRow], create: bool) -> None:
         """Creates, migrates or checks the schema, one process at a time. Unlike a SQLite
         file, a database may hold other applications' tables: only the store's own matter."""
         with conn.transaction():
+            # the lock waits for another process's migration, the migration takes its time
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
             found = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
             if not (found and found[0]):
@@ -269,7 +271,6 @@ class PostgresStore(Backend):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if schema.must_migrate(self.path, row[0] if row else "unknown"):
                 conn.execute(_PG_SCHEMA)  # every statement of the schema is idempotent
-                conn.execute("SET LOCAL statement_timeout = 0")  # a big store takes its time
                 with conn.cursor() as cursor:
                     migrate(_Writes(cursor), "random()")
                 conn.execute(
@@ -381,3 +382,4 @@ class PostgresStore(Backend):
                 " DO UPDATE SET value = EXCLUDED.value",
                 counters,
             )
+        self.aggregates.committed()

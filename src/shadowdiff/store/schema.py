@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS examples (
     flow_id TEXT NOT NULL,
     PRIMARY KEY (run, route, path, slot)
 );
+CREATE INDEX IF NOT EXISTS examples_flow ON examples (run, instance, flow_id);
 CREATE TABLE IF NOT EXISTS counts (
     run TEXT NOT NULL,
     instance TEXT NOT NULL,

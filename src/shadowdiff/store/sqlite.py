@@ -96,7 +96,7 @@ class SQLiteStore(Backend):
             self.db.create_function("shadowdiff_apply_merge", 3, apply_merge, deterministic=True)
             self._check_schema(create)
         self._rows = _Rows(self.db)
-        self.aggregates = Aggregates(key=clean)
+        self.aggregates = Aggregates(key=clean, one_statement=False)
 
     def _check_schema(self, create: bool) -> None:
         tables = {
@@ -114,17 +114,30 @@ class SQLiteStore(Backend):
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if schema.must_migrate(self.path, row[0] if row else "unknown"):
             self.db.executescript(schema.SCHEMA)  # every statement of it is idempotent
-            with self.db:  # the aggregates and the new version, in one transaction
-                migrate(_Rows(self.db), "(random() / 18446744073709551616.0 + 0.5)")
-                self.db.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                    (str(schema.SCHEMA_VERSION),),
-                )
+            self._migrate()
         columns = self.db.execute(
             "SELECT m.name, c.name FROM sqlite_master AS m, pragma_table_info(m.name) AS c"
             " WHERE m.type = 'table'"
         )
         schema.check_complete(self.path, columns)
+
+    def _migrate(self) -> None:
+        """The aggregates and the new version, in one transaction that holds the write lock
+        from its start: a second process opening the old store at once waits, then finds it
+        migrated."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row and row[0] != str(schema.SCHEMA_VERSION):
+                migrate(_Rows(self.db), "(random() / 18446744073709551616.0 + 0.5)")
+                self.db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(schema.SCHEMA_VERSION),),
+                )
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
 
     @contextmanager
     def _read(self) -> Iterator[Rows]:
@@ -171,6 +184,7 @@ class SQLiteStore(Backend):
                     for name, value in named.items()
                 ],
             )
+        self.aggregates.committed()
 
     def _delete(self, statements: list[tuple[str, Sequence[object]]]) -> None:
         with _translated(), self.db:

@@ -16,11 +16,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shadowdiff.compare import OTHER, Comparer, Redactor, RouteTable, jsondiff
+from shadowdiff import jsonpath
+from shadowdiff.compare import OTHER, Comparer, Redactor, RouteTable
 from shadowdiff.config import Config
 from shadowdiff.model import (
     COUNTED,
     DIVERGENT,
+    IGNORED,
+    MATCHED,
     ROW,
     WHOLE,
     Event,
@@ -39,6 +42,8 @@ MAX_UNWRITTEN = 50_000
 the `max_unwritten` option. Beyond either, the newest are dropped and counted."""
 HELD_OVERHEAD = 1024
 """Bytes an unwritten exchange holds beyond the bytes `held_bytes` adds up: its records."""
+PRUNE_EVERY = 10_000
+"""Rows written between two prunes of a run capped by `storage.max_rows`."""
 ITEM_OVERHEAD = 128
 """Bytes of the objects around one header pair or one divergence, beyond their text."""
 
@@ -62,7 +67,7 @@ def held_bytes(x: Exchange) -> int:
 
 MATCHED_EXAMPLES = "matched"
 """The examples "path" of a route's sample of exchanges that matched: kept whole, whatever
-`storage.bodies` says, to show what a good answer looks like."""
+`storage.bodies` says, to show what a good answer looks like (`/api/examples?path=matched`)."""
 
 EXAMPLE_PATHS = 20
 """Paths (list indexes as `[*]`) of one route that keep examples: the first to diverge. With
@@ -121,6 +126,7 @@ class Recorder:
         self.on_written = on_written
         self.last_write = time.monotonic()
         self.last_error: str | None = None
+        self.unpruned = 0  # rows written since the last prune
 
     def record(
         self,
@@ -184,6 +190,7 @@ class Recorder:
             return True
         self.books["recorded"] += len(chunk)
         self.last_write, self.last_error = time.monotonic(), None
+        self._prune(sum(x.kept != COUNTED for x in chunk))
         self._forget(len(chunk))
         self.merges.clear()
         self.examples.clear()
@@ -193,6 +200,19 @@ class Recorder:
         except Exception:  # a face must never stop the recording
             logger.exception("observing a written batch failed")
         return True
+
+    def _prune(self, rows: int) -> None:
+        """Every PRUNE_EVERY rows written, holds the run to `storage.max_rows`; a prune that
+        fails is logged and tried again after the next PRUNE_EVERY."""
+        cap = self.cfg.storage.max_rows
+        self.unpruned += rows
+        if cap is None or self.unpruned < PRUNE_EVERY:
+            return
+        self.unpruned = 0
+        try:
+            self.store.prune(self.cfg.run, cap)
+        except Exception as e:  # the rows stay; the recording goes on
+            logger.error("cannot prune run %s to %d rows: %s", self.cfg.run, cap, e)
 
     def admits(self, queued: int) -> bool:
         """Whether the worker may queue one more exchange for the store thread, `queued`
@@ -277,12 +297,12 @@ class Recorder:
 
     def kept(self, x: Exchange, example: bool) -> str:
         """What the store keeps of the exchange (`storage.bodies`): an example whole; one
-        where either side really diverged whole or as a row (its divergences are the noise
-        test's counts); one that matched in the aggregates alone."""
+        where the shadow really diverged whole or as a row (its divergences' values are what
+        `suggest-ignores` and the dashboard show); any other in the aggregates alone."""
         bodies = self.cfg.storage.bodies
         if example or bodies == "all":
             return WHOLE
-        if DIVERGENT not in (result_of(x.shadow_diffs), result_of(x.secondary_diffs)):
+        if result_of(x.shadow_diffs) != DIVERGENT:
             return COUNTED
         return WHOLE if bodies == "divergent" else ROW
 
@@ -293,10 +313,13 @@ class Recorder:
         if not self.cfg.compare.examples:
             return False
         paths = self.reservoirs.setdefault(x.route, {})
-        if result_of(x.shadow_diffs) != DIVERGENT:
+        result = result_of(x.shadow_diffs)
+        if result == MATCHED:
             wanted = [MATCHED_EXAMPLES]
+        elif result == IGNORED:
+            return False
         else:
-            wanted = sorted({jsondiff.any_index(d.path) for d in x.shadow_diffs if d.rule is None})
+            wanted = sorted({jsonpath.any_index(d.path) for d in x.shadow_diffs if d.rule is None})
         took = False
         for path in wanted:
             reservoir = paths.get(path)
