@@ -32,6 +32,7 @@ class Receiver:
 
     statuses: list[int]
     hold: asyncio.Event | None = None
+    retry_after: str | None = None  # sent with every answer that is not a 2xx
     seen: list[tuple[str, str, Any]] = field(default_factory=list)  # path, content type, JSON
     times: list[float] = field(default_factory=list)
     url: str = ""
@@ -41,7 +42,9 @@ class Receiver:
         self.seen.append((request.path, request.content_type, orjson.loads(await request.read())))
         if self.hold is not None:
             await self.hold.wait()
-        return web.Response(status=self.statuses[min(len(self.seen), len(self.statuses)) - 1])
+        status = self.statuses[min(len(self.seen), len(self.statuses)) - 1]
+        asked = {"Retry-After": self.retry_after} if self.retry_after and status >= 300 else {}
+        return web.Response(status=status, headers=asked)
 
 
 StartReceiver = Callable[..., Awaitable[Receiver]]
@@ -212,6 +215,25 @@ async def test_429_is_retried_and_other_4xx_are_not(
     lines = warnings(caplog)
     assert sorted(re.findall(r"HTTP (\d+)", " ".join(lines))) == ["400", "404"]
     assert all("1 attempt" in line for line in lines)
+
+
+async def test_a_408_is_retried_and_retry_after_is_waited_for(
+    receiver: StartReceiver, make_alerter: MakeAlerter
+):
+    """A rate limit that says how long to wait gets that wait (here 1 s, where the backoff
+    would wait 0.01 s); a request timeout (408) may pass on the next attempt."""
+    limited = await receiver(429, 200)
+    limited.retry_after = "1"
+    slow = await receiver(408, 200)
+    alerter = await make_alerter((limited.url, "generic"), (slow.url, "generic"), retries=1)
+
+    alerter.fire(route_fail())
+    await alerter.close(5)
+
+    assert alerter.counts == {"alerts.sent": 2}
+    assert (len(limited.seen), len(slow.seen)) == (2, 2)
+    assert 1.0 <= limited.times[1] - limited.times[0] < 2.0
+    assert slow.times[1] - slow.times[0] < 0.5
 
 
 async def test_always_failing_counted_once_and_logged_without_path(

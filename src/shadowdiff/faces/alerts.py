@@ -9,9 +9,10 @@ The contract, because the caller is the worker's event loop and must never suffe
 - Bounded: each webhook has its own queue of at most `max_queue` alerts and a few concurrent
   senders, so a dead webhook delays only its own deliveries, and only for as long as its
   retries take. An alert that finds a webhook's queue full is counted `alerts.dropped`.
-- Retried: a POST that may succeed later (429, 5xx, connection error, timeout) is retried
-  `retries` times with exponential backoff; any other answer (a 4xx: a bad URL or payload,
-  a revoked key) would fail the same way again and is not. Then it is counted `alerts.failed`
+- Retried: a POST that may succeed later (408, 429, 5xx, connection error, timeout) is
+  retried `retries` times with exponential backoff, waiting at least what a `Retry-After` in
+  seconds asks (up to MAX_BACKOFF); any other answer (a 4xx: a bad URL or payload, a revoked
+  key) would fail the same way again and is not. Then it is counted `alerts.failed`
   and logged once, naming only the host (a Slack webhook URL is a secret).
 - Counted per delivery (one alert to one webhook): each ends `alerts.sent`, `alerts.failed`
   or `alerts.dropped` (queue full, or still undelivered when `close` gives up).
@@ -41,7 +42,10 @@ SENDERS_PER_WEBHOOK = 4
 """Deliveries in flight per webhook: enough that one slow alert does not delay the next."""
 
 MAX_BACKOFF = 30.0
-"""The longest wait between two attempts, however many retries are configured."""
+"""The longest wait between two attempts, however many retries are configured (or however
+long a `Retry-After` asks)."""
+RETRIED = frozenset({408, 429})
+"""The 4xx answers that may pass later (a timeout, a rate limit); every 5xx may too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,10 +220,12 @@ class Alerter:
             payload = _generic_payload(alert, self.run, at)
         # default=str: a stray non-JSON value in `details` must not lose the alert.
         body = orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS)
+        asked = 0.0  # what the last answer's Retry-After asked for
         for attempt in range(1, self.cfg.retries + 2):
             if attempt > 1:
-                await asyncio.sleep(min(self.backoff * 2 ** (attempt - 2), MAX_BACKOFF))
-            reason, retry = await self._post(session, lane.webhook.url, body)
+                backoff = self.backoff * 2 ** (attempt - 2)
+                await asyncio.sleep(min(max(backoff, asked), MAX_BACKOFF))
+            reason, retry, asked = await self._post(session, lane.webhook.url, body)
             if reason is None:
                 self.counts["alerts.sent"] += 1
                 return
@@ -236,9 +242,10 @@ class Alerter:
 
     async def _post(
         self, session: aiohttp.ClientSession, url: str, body: bytes
-    ) -> tuple[str | None, bool]:
-        """One attempt: None on a 2xx, else why not; and whether trying again may help.
-        Never raises."""
+    ) -> tuple[str | None, bool, float]:
+        """One attempt: None on a 2xx, else why not; whether trying again may help, and the
+        seconds its `Retry-After` asks to wait first (0 without one, or with a date). Never
+        raises."""
         try:
             async with session.post(
                 url,
@@ -247,8 +254,10 @@ class Alerter:
                 allow_redirects=False,
             ) as response:
                 if 200 <= response.status < 300:
-                    return None, False
+                    return None, False, 0.0
                 reason = f"HTTP {response.status} {response.reason or ''}".rstrip()
-                return reason, response.status == 429 or response.status >= 500
+                after = response.headers.get("Retry-After", "").strip()
+                asked = float(after) if after.isdigit() else 0.0
+                return reason, response.status in RETRIED or response.status >= 500, asked
         except Exception as e:  # noqa: BLE001 - a delivery never raises: a failure is a reason
-            return _reason(e), True
+            return _reason(e), True, 0.0
