@@ -106,7 +106,13 @@ def essentials(doc: dict[str, Any]) -> dict[str, Any]:
             (r["route"], r["pairs"], r["divergent"], [(f["path"], f["count"]) for f in r["fields"]])
             for r in doc["routes"]
         ],
-        "checks": sorted((c["id"], c["route"], c["result"]) for c in doc["checks"]),
+        # latency aside: two proxies on a busy 2-core machine do not time alike, one or two
+        # processes; every other check is a function of the counts
+        "checks": sorted(
+            (c["id"], c["route"], c["result"])
+            for c in doc["checks"]
+            if not c["id"].startswith("latency")
+        ),
     }
 
 

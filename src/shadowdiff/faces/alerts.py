@@ -257,7 +257,7 @@ class Alerter:
                     return None, False, 0.0
                 reason = f"HTTP {response.status} {response.reason or ''}".rstrip()
                 after = response.headers.get("Retry-After", "").strip()
-                asked = float(after) if after.isdigit() else 0.0
+                asked = float(after) if after.isascii() and after.isdigit() else 0.0
                 return reason, response.status in RETRIED or response.status >= 500, asked
         except Exception as e:  # noqa: BLE001 - a delivery never raises: a failure is a reason
             return _reason(e), True, 0.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import math
 import threading
@@ -34,9 +33,12 @@ T = TypeVar("T")
 FRESH = 1.0
 """Seconds a computed verdict is served before it is judged again."""
 STALE = 30.0
-"""Seconds a verdict older than FRESH is still served at once while the next is judged: a
-judgement of a long run takes a second or two, a caller (Argo's web metric, 20 s timeout)
-gets the latest at once; older than this, callers wait for the new one."""
+"""Seconds a verdict older than FRESH may still be served while the next is judged, when
+that takes longer than PATIENCE (a long run's judgement takes about a second); older than
+this, callers wait for the new one."""
+PATIENCE = 0.1
+"""Seconds a caller waits for the judgement under way before it is given the last verdict:
+a quick judgement is always served fresh."""
 MAX_CACHED = 100
 """Verdicts of single routes kept; the cache starts afresh beyond."""
 MAX_PENDING = 4
@@ -69,16 +71,10 @@ class LiveVerdict:
         self.known: tuple[float, frozenset[str]] = (-math.inf, frozenset())
         self.listing: asyncio.Future[frozenset[str]] | None = None
 
-    def warm(self) -> None:
-        """Loads the judge (scipy: about a second) in the verdict thread, off the worker's
-        loop, so that the first /verdict (Argo's, after a restart) answers as fast as later
-        ones instead of paying for the import."""
-        for module in ("shadowdiff.judge.evidence", "scipy.stats"):
-            self.executor.submit(importlib.import_module, module)
-
-    async def verdict(self, route: str | None = None) -> VerdictDocument:
+    async def verdict(self, route: str | None = None, fresh: bool = False) -> VerdictDocument:
         """The verdict document of the run (or of one route): judged again once FRESH seconds
-        old, the previous one served meanwhile if under STALE seconds old.
+        old; while that takes more than PATIENCE, the previous one is served if it is under
+        STALE seconds old (unless `fresh`: the alert watch judges every tick anew).
 
         Callers asking at once share one judgement; the store is read in the verdict thread.
         Raises `UnknownRoute` for a route the store does not hold, `Busy` when MAX_PENDING
@@ -99,9 +95,10 @@ class LiveVerdict:
             judging = asyncio.ensure_future(self._in_thread(self._document, route))
             self.judging[route] = judging
             judging.add_done_callback(lambda done: self._judged(route, done))
-        if cached and age < STALE:
-            return cached[1]
-        return await asyncio.shield(judging)
+        if fresh or not cached or age >= STALE:
+            return await asyncio.shield(judging)
+        done, _ = await asyncio.wait({asyncio.shield(judging)}, timeout=PATIENCE)
+        return done.pop().result() if done else cached[1]
 
     async def _routes(self, wanted: str) -> frozenset[str]:
         """The routes of the run, read again (once for all who ask) when `wanted` is not
@@ -146,7 +143,7 @@ class LiveVerdict:
             if stop.is_set():
                 return
             try:
-                doc = await self.verdict()
+                doc = await self.verdict(fresh=True)
             except Exception as e:  # an unreadable store is shown by /healthz, not fatal here
                 logger.error("cannot judge the run: %s", e)
                 continue

@@ -22,6 +22,8 @@ from shadowdiff.store.schema import clean
 
 LOCK_TIMEOUT = 10.0
 """Seconds one statement waits for another process's lock before the write is retried."""
+MIGRATION_WAIT = 600.0
+"""Seconds an opener waits for another process's migration of an old store."""
 
 
 @contextmanager
@@ -113,7 +115,6 @@ class SQLiteStore(Backend):
             return
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if schema.must_migrate(self.path, row[0] if row else "unknown"):
-            self.db.executescript(schema.SCHEMA)  # every statement of it is idempotent
             self._migrate()
         columns = self.db.execute(
             "SELECT m.name, c.name FROM sqlite_master AS m, pragma_table_info(m.name) AS c"
@@ -125,8 +126,10 @@ class SQLiteStore(Backend):
         """The aggregates and the new version, in one transaction that holds the write lock
         from its start: a second process opening the old store at once waits, then finds it
         migrated."""
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(f"PRAGMA busy_timeout = {round(MIGRATION_WAIT * 1000)}")
         try:
+            self.db.executescript(schema.SCHEMA)  # every statement of it is idempotent
+            self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row and row[0] != str(schema.SCHEMA_VERSION):
                 migrate(_Rows(self.db), "(random() / 18446744073709551616.0 + 0.5)")
@@ -137,6 +140,8 @@ class SQLiteStore(Backend):
         except BaseException:
             self.db.rollback()
             raise
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {round(LOCK_TIMEOUT * 1000)}")
         self.db.commit()
 
     @contextmanager

@@ -84,8 +84,6 @@ async def serve(sock: socket.socket) -> int:
         await worker.mirror.close()
         store.close()
         return 2
-    if server:
-        live.warm()
     await alerter.start()
     stop = asyncio.Event()
     flusher = asyncio.create_task(worker.flusher(stop))

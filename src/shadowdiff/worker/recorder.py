@@ -22,8 +22,6 @@ from shadowdiff.config import Config
 from shadowdiff.model import (
     COUNTED,
     DIVERGENT,
-    IGNORED,
-    MATCHED,
     ROW,
     WHOLE,
     Event,
@@ -66,7 +64,8 @@ def held_bytes(x: Exchange) -> int:
 
 
 MATCHED_EXAMPLES = "matched"
-"""The examples "path" of a route's sample of exchanges that matched: kept whole, whatever
+"""The examples "path" of a route's sample of exchanges that matched (or differed only where
+rules say to ignore): kept whole, whatever
 `storage.bodies` says, to show what a good answer looks like (`/api/examples?path=matched`)."""
 
 EXAMPLE_PATHS = 20
@@ -313,11 +312,8 @@ class Recorder:
         if not self.cfg.compare.examples:
             return False
         paths = self.reservoirs.setdefault(x.route, {})
-        result = result_of(x.shadow_diffs)
-        if result == MATCHED:
+        if result_of(x.shadow_diffs) != DIVERGENT:  # matched, or different only where ignored
             wanted = [MATCHED_EXAMPLES]
-        elif result == IGNORED:
-            return False
         else:
             wanted = sorted({jsonpath.any_index(d.path) for d in x.shadow_diffs if d.rule is None})
         took = False
