@@ -250,7 +250,9 @@ class Backend(ABC):
             yield from rows.stream(sql, args)
 
     def runs(self) -> list[str]:
-        rows = self._all("SELECT run FROM counts UNION SELECT run FROM exchanges ORDER BY run")
+        """The runs with counters or aggregates (every exchange is in the aggregates): small
+        tables, never a scan of the rows."""
+        rows = self._all("SELECT run FROM counts UNION SELECT run FROM route_stats ORDER BY run")
         return [r[0] for r in rows]
 
     def run_sizes(self) -> list[RunSize]:
