@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shadowdiff.config import Config, load_config
+from shadowdiff.store import Store
 
 if TYPE_CHECKING:
     from conftest import Receiver
@@ -48,6 +49,17 @@ async def written(client: Any, control: str, n: int, timeout: float = 30.0) -> N
             return
         assert time.monotonic() < deadline, counts
         await asyncio.sleep(0.1)
+
+
+def aggregates(store: Store, run: str) -> tuple[object, ...]:
+    """Everything a store's aggregates answer for `run`, to compare two stores or two moments."""
+    return (
+        store.routes(run),
+        store.statuses(run),
+        store.path_counts(run),
+        store.signatures(run),
+        list(store.latency_sample(run)),
+    )
 
 
 def alerting_config(receiver: Receiver, tmp_path: Path, **auto: Any) -> Config:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import aggregates
 
 from conftest import Cluster, schema
 from shadowdiff.cli.demo import free_port
@@ -350,23 +351,13 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(url: str) -> None:
     with PostgresStore(url) as store:
         store.write("r", "a", [exchange(1), exchange(2)], {})
         store.write("r", "b", [exchange(3, route="GET /v/{id}")], {})
-        kept = aggregates(store)
+        kept = aggregates(store, "r")
     for table in ("route_stats", "route_statuses", "path_stats", "signatures", "latency_sample"):
         query(url, f"DROP TABLE {table}")
     query(url, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with PostgresStore(url, create=False) as store:
-        assert aggregates(store) == kept
+        assert aggregates(store, "r") == kept
     assert sum(r["exchanges"] for r in kept[0].values()) == 3
-
-
-def aggregates(store: Store) -> tuple[object, ...]:
-    return (
-        store.routes("r"),
-        store.statuses("r"),
-        store.path_counts("r"),
-        store.signatures("r"),
-        list(store.latency_sample("r")),
-    )
 
 
 def test_shared_database_is_fine_but_no_store_is_not_created_on_read(url: str) -> None:

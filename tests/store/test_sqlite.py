@@ -7,6 +7,7 @@ import sqlite3
 import stat
 
 import pytest
+from helpers import aggregates
 
 from shadowdiff.model import Divergence, Event, Exchange, Outcome, RequestSnapshot
 from shadowdiff.store import SQLiteStore, StoreError, StoreUnavailable, open_store
@@ -121,7 +122,7 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(tmp_path):
     with SQLiteStore(path) as store:
         store.write("r", "i", [exchange(1), exchange(2, secondary=True)], {})
         store.write("r", "j", [exchange(3)], {})
-        kept = reads(store)
+        kept = aggregates(store, "r")
     db = sqlite3.connect(path)
     for table in ("route_stats", "route_statuses", "path_stats", "signatures", "latency_sample"):
         db.execute(f"DROP TABLE {table}")
@@ -129,18 +130,8 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(tmp_path):
     db.commit()
     db.close()
     with SQLiteStore(path, create=False) as store:
-        assert reads(store) == kept
+        assert aggregates(store, "r") == kept
         assert kept[0]["POST /u/{id}"]["exchanges"] == 3
-
-
-def reads(store: SQLiteStore) -> tuple[object, ...]:
-    return (
-        store.routes("r"),
-        store.statuses("r"),
-        store.path_counts("r"),
-        store.signatures("r"),
-        list(store.latency_sample("r")),
-    )
 
 
 def test_a_locked_store_is_unavailable(tmp_path):
