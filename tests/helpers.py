@@ -24,6 +24,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def until(condition: Any, timeout: float = 10.0, every: float = 0.02) -> None:
+    """Returns once `condition()` holds; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(every)
+
+
 async def wait_listening(port: int, timeout: float = 30.0) -> None:
     """Returns once something accepts connections on 127.0.0.1:`port`; fails the test after
     `timeout` seconds."""

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
+    model_validator,
 )
 
 from shadowdiff.errors import ConfigError
@@ -477,6 +478,43 @@ def access_token(control: Control) -> str | None:
     return token
 
 
+def secret(env: str | None, file: Path | None, where: str) -> str | None:
+    """The secret an environment variable or a file holds; named but missing is an error."""
+    if env is not None:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(f"{where}: the environment variable {env} is not set")
+        return value
+    if file is not None:
+        try:
+            value = file.read_text(errors="replace").strip()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read {file}: {e.strerror}") from None
+        if not value:
+            raise ConfigError(f"{where}: {file} is empty")
+        return value
+    return None
+
+
+def destinations(cfg: Config) -> list[tuple[str, str, str, str | None]]:
+    """Every team's destinations as (name, kind, URL, routing key), secrets read now: a
+    named secret that is missing stops the proxy at start, not at the first incident. Names
+    are `team/kind`, numbered when a team has two of a kind."""
+    out: list[tuple[str, str, str, str | None]] = []
+    for team, spec in cfg.incidents.teams.items():
+        kinds = [d.kind for d in spec.destinations]
+        for i, d in enumerate(spec.destinations):
+            where = f"incidents.teams.{team}.destinations[{i}]"
+            url = d.url or secret(d.url_env, None, where) or PAGERDUTY_EVENTS
+            key = secret(d.routing_key_env, d.routing_key_file, where)
+            nth = kinds[: i + 1].count(d.kind)
+            name = f"{team}/{d.kind}" + (f"-{nth}" if kinds.count(d.kind) > 1 else "")
+            out.append((name, d.kind, url, key))
+    hook = cfg.incidents.pagerduty_webhook_secret_env
+    secret(hook, None, "incidents.pagerduty_webhook_secret_env")  # checked as early
+    return out
+
+
 class Webhook(Strict):
     """Where alerts go: Slack-compatible JSON (`text` and blocks) or a generic JSON event."""
 
@@ -499,6 +537,86 @@ class Alerts(Strict):
     timeout: Duration = 5.0
     max_queue: Annotated[int, Field(ge=1)] = 100
     auto_pause: AutoPause = AutoPause()
+
+
+Severity = Literal["critical", "error", "warning", "info"]
+TeamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+PAGERDUTY_EVENTS = "https://events.pagerduty.com/v2/enqueue"
+
+
+class Destination(Strict):
+    """Where a team's incidents go. Secrets (a PagerDuty routing key, a Slack webhook URL)
+    are named, never written here: `routing_key_env` / `routing_key_file`, `url_env`."""
+
+    kind: Literal["pagerduty", "alertmanager", "slack", "generic"]
+    url: Url | None = None
+    """PagerDuty: the Events API v2 endpoint (default: PagerDuty's own); Alertmanager: its
+    base URL (alerts go to `/api/v2/alerts`); Slack and generic: the webhook."""
+    url_env: str | None = None
+    """The environment variable holding the webhook URL instead (a Slack URL is a secret)."""
+    routing_key_env: str | None = None
+    routing_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.url and self.url_env:
+            raise ValueError("give url or url_env, not both")
+        if self.kind == "pagerduty":
+            if (self.routing_key_env is None) == (self.routing_key_file is None):
+                raise ValueError(
+                    "a pagerduty destination needs routing_key_env or routing_key_file"
+                )
+        elif self.routing_key_env or self.routing_key_file:
+            raise ValueError(f"a {self.kind} destination takes no routing key")
+        elif not (self.url or self.url_env):
+            raise ValueError(f"a {self.kind} destination needs url or url_env")
+        return self
+
+
+class Team(Strict):
+    destinations: list[Destination] = []
+    severity: dict[str, Severity] = {}
+    """Severity per check id (`latency: warning`); a critical check (a 2xx that became a
+    5xx) is always critical, any other check `error` unless named here."""
+
+
+class OwnerRule(Strict):
+    """`match` is a glob over `METHOD /route/template` (`GET /users/*`, `* /search*`)."""
+
+    match: str
+    team: TeamName
+
+
+class Incidents(Strict):
+    """Who owns which routes, and how an incident opens and resolves (see the README)."""
+
+    owners: list[OwnerRule] = []
+    """CODEOWNERS semantics: the last rule that matches a route names its team."""
+    default_owner: TeamName | None = None
+    """The team of routes no rule matches (and of the run-wide checks)."""
+    teams: dict[TeamName, Team] = {}
+    window: Duration = 600.0
+    """Incidents are judged on the exchanges of the last `window` (the whole run while it is
+    shorter), so a route that is healthy again can be seen to be."""
+    resolve_after: Annotated[int, Field(ge=1)] = 3
+    """Consecutive PASS judgements of the window that resolve an incident."""
+    resend: Duration = 60.0
+    """How often a firing alert is posted to Alertmanager again (it expires it otherwise)."""
+    poll_silences: Duration = 15.0
+    """How often Alertmanager is asked for silences while an incident is open (an ack)."""
+    pagerduty_webhook_secret_env: str | None = None
+    """The environment variable holding the signing secret of the PagerDuty webhook
+    subscription that posts to `/hooks/pagerduty` (its signature then replaces the token)."""
+    external_url: Url | None = None
+    """The dashboard's address as people reach it, for links (default: control.listen)."""
+
+    @model_validator(mode="after")
+    def _teams_known(self) -> Self:
+        named = [r.team for r in self.owners] + [self.default_owner or ""]
+        unknown = sorted({t for t in named if t and t not in self.teams})
+        if unknown:
+            raise ValueError(f"owner team {unknown[0]!r} is not in incidents.teams")
+        return self
 
 
 class Config(Strict):
@@ -524,6 +642,7 @@ class Config(Strict):
     redact: Redact = Redact()
     control: Control = Control()
     alerts: Alerts = Alerts()
+    incidents: Incidents = Incidents()
 
     @field_validator("run")
     @classmethod

@@ -7,7 +7,8 @@ repeats included; bodies as the bytes on the wire (still content-encoded).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -87,6 +88,53 @@ class Event:
     actor: str
     old: str
     new: str
+
+
+@dataclass(slots=True)
+class Incident:
+    """A check of a route that turned FAIL, from its first bad exchange to its resolution:
+    one per (run, route, check) at a time, however often the route flaps meanwhile. Times
+    are epoch seconds; None: not (yet) happened."""
+
+    run: str
+    key: str
+    """The dedup key every destination groups by: stable for (run, route, check)."""
+    seq: int
+    """Which incident of that key this is: 1, then 2 once the first resolved, …"""
+    route: str
+    check: str
+    team: str
+    severity: str
+    summary: str
+    started: float
+    """The first bad exchange of the route within the window that failed (else: opened)."""
+    opened: float
+    """The judgement that found the check FAIL."""
+    alerted: float | None = None
+    acked: float | None = None
+    acked_by: str | None = None
+    mitigated: float | None = None
+    mitigated_by: str | None = None
+    resolved: float | None = None
+    resolved_why: str | None = None
+
+    def durations(self) -> dict[str, float | None]:
+        """Seconds to detect (first bad exchange → page), to acknowledge (page → ack), to
+        mitigate and to resolve (first bad exchange → either); None: not (yet) happened."""
+
+        def since(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None else max(end - start, 0.0)
+
+        return {
+            "detect": since(self.started, self.alerted),
+            "acknowledge": since(self.alerted, self.acked),
+            "mitigate": since(self.started, self.mitigated),
+            "resolve": since(self.started, self.resolved),
+        }
+
+    def row(self) -> dict[str, Any]:
+        """As the verdict document, the control server and `shadowdiff incidents` show it."""
+        return {**asdict(self), "durations": self.durations()}
 
 
 def result_of(divergences: list[Divergence]) -> str:

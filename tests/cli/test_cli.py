@@ -9,7 +9,7 @@ import pytest
 
 from conftest import shadowdiff
 from shadowdiff.model import Divergence, Exchange, Outcome, RequestSnapshot
-from shadowdiff.store import SQLiteStore, masked
+from shadowdiff.store import SCHEMA_VERSION, SQLiteStore, masked
 
 
 def test_help():
@@ -211,9 +211,9 @@ def test_a_config_that_would_break_the_run_is_one_line_exit_2(tmp_path, command,
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def incomplete_store(request, tmp_path) -> str:
-    """A store whose meta claims schema version 4 and that has no other table."""
+    """A store whose meta claims this schema version and that has no other table."""
     ddl = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-    version = "INSERT INTO meta VALUES ('schema_version', '4')"
+    version = f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}')"
     if request.param == "sqlite":
         path = tmp_path / "v4_missing.db"
         db = sqlite3.connect(path)
@@ -247,5 +247,5 @@ def test_a_store_claiming_a_schema_without_its_tables_is_one_line_exit_2(incompl
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         f"shadowdiff: error: {masked(incomplete_store)}: not a complete shadowdiff store"
-        " (schema version 4 without table exchanges); use a new store path\n"
+        f" (schema version {SCHEMA_VERSION} without table exchanges); use a new store path\n"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from helpers import free_port
+from helpers import free_port, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Backend, Proxy, Receiver, shadowdiff
@@ -27,13 +27,6 @@ async def traffic(client: aiohttp.ClientSession, base: str, paths: list[str]) ->
         async with client.get(base + path) as r:
             await r.read()
             assert r.status == 200
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 def families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -142,8 +135,9 @@ async def test_pause_stops_mirroring_within_a_second_and_is_recorded(
     out = await proxy.stop()
     assert "mirroring paused by on-call from 127.0.0.1" in out
     with SQLiteStore(proxy.store, create=False) as store:
-        events = store.events("test")
+        started, *events = store.events("test")
         counts = store.counts("test")
+    assert (started.kind, started.actor) == ("started", "proxy")  # a change event
     assert [(e.kind, e.old, e.new) for e in events] == [
         ("paused", "false", "true"),
         ("sample_rate", "1", "0.5"),

@@ -1,6 +1,5 @@
 """The live verdict of a worker: cached and narrowed per route, unknown routes refused at
-once, pending judgements bounded, and FAIL alerts (delivered to a real receiver) when a route
-turns FAIL, not while it stays."""
+once, pending judgements bounded (its incidents: test_incidents.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +7,11 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from typing import Any
 
 import factories
 import pytest
 from factories import outcome, snapshot
 from helpers import alerting_config as config
-from helpers import delivered
 
 from shadowdiff.config import Config
 from shadowdiff.faces.alerts import Alerter
@@ -28,25 +25,6 @@ async def verdict_for(cfg: Config) -> tuple[LiveVerdict, None, Alerter]:
     alerter = Alerter(cfg.alerts, cfg.run, Counter())
     await alerter.start()
     return LiveVerdict(cfg, alerter), None, alerter
-
-
-def doc(*failing: str) -> dict[str, Any]:
-    checks = [{"route": r, "result": "FAIL", "id": "divergence", "detail": "d"} for r in failing]
-    return {"checks": [*checks, {"route": "GET /ok", "result": "PASS", "id": "x", "detail": ""}]}
-
-
-async def test_an_alert_when_a_route_turns_fail_not_while_it_stays(receiver, tmp_path):
-    live, _, alerter = await verdict_for(config(receiver, tmp_path))
-    live.alert_failures(doc("GET /a"))
-    live.alert_failures(doc("GET /a"))
-    live.alert_failures(doc("GET /a", "GET /b"))
-    live.alert_failures(doc())
-    await asyncio.sleep(0.01)
-    live.alert_failures(doc("GET /a"))  # failing again after it recovered
-    assert await delivered(receiver, 3) == ["route_fail"] * 3
-    assert [a["key"] for a in receiver.got] == ["GET /a", "GET /b", "GET /a"]
-    await alerter.close(1)
-    await live.close()
 
 
 def exchange(i: int, by: str) -> Exchange:

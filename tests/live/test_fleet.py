@@ -274,6 +274,6 @@ async def test_processes_run_a_fleet_on_one_host(client, tmp_path, cluster: Clus
             events = shared.events("p")
     assert len(books) == 2 and sum(b["recorded"] for b in books.values()) == 100
     assert all(imbalance(b) == [] for b in books.values())
-    assert [e.kind for e in events] == ["paused", "paused"]
+    assert [e.kind for e in events] == ["started", "started", "paused", "paused"]
     for runner in (primary[0], shadow[0]):
         await runner.cleanup()

@@ -301,7 +301,7 @@ def test_other_schema_version_is_refused(url: str) -> None:
     PostgresStore(url).close()
     query(url, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(
-        StoreError, match="store schema version 99, this shadowdiff reads version 4"
+        StoreError, match=f"store schema version 99, this shadowdiff reads version {SCHEMA_VERSION}"
     ):
         PostgresStore(url)
 
@@ -316,7 +316,7 @@ def test_other_schema_version_is_refused(url: str) -> None:
 def test_a_store_claiming_this_schema_without_its_tables_is_refused(
     url: str, damage: list[str], missing: str
 ) -> None:
-    """`meta` says version 4 but the tables are not all there: refused at once, not retried
+    """`meta` says this version but the tables are not all there: refused at once, not retried
     for every batch (audit finding 16); a table of that name in another schema of the
     database does not count."""
     PostgresStore(url).close()
@@ -329,7 +329,7 @@ def test_a_store_claiming_this_schema_without_its_tables_is_refused(
                 PostgresStore(url, create=create)
             assert str(caught.value).startswith(
                 f"{masked(url)}: not a complete shadowdiff store"
-                f" (schema version 4 without {missing})"
+                f" (schema version {SCHEMA_VERSION} without {missing})"
             )
     finally:
         query(url, "DROP TABLE public.exchanges")
@@ -358,6 +358,18 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(url: str) -> None:
     with PostgresStore(url, create=False) as store:
         assert aggregates(store, "r") == kept
     assert sum(r["exchanges"] for r in kept[0].values()) == 3
+
+
+def test_version_4_store_gets_the_incidents_table_and_keeps_its_aggregates(url: str) -> None:
+    with PostgresStore(url) as store:
+        store.write("r", "a", [exchange(1), exchange(2)], {})
+        kept = aggregates(store, "r")
+    query(url, "DROP TABLE incidents")
+    query(url, "UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    with PostgresStore(url, create=False) as store:
+        assert aggregates(store, "r") == kept
+        assert store.incidents("r") == []
+    assert query(url, "SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]
 
 
 def test_shared_database_is_fine_but_no_store_is_not_created_on_read(url: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 from helpers import aggregates
 
 from shadowdiff.model import Divergence, Event, Exchange, Outcome, RequestSnapshot
-from shadowdiff.store import SQLiteStore, StoreError, StoreUnavailable, open_store
+from shadowdiff.store import SCHEMA_VERSION, SQLiteStore, StoreError, StoreUnavailable, open_store
 
 
 def exchange(i: int, secondary: bool = False) -> Exchange:
@@ -93,7 +93,7 @@ def test_other_schema_version_is_refused(tmp_path):
     db.commit()
     db.close()
     with pytest.raises(
-        StoreError, match="store schema version 99, this shadowdiff reads version 4"
+        StoreError, match=f"store schema version 99, this shadowdiff reads version {SCHEMA_VERSION}"
     ):
         SQLiteStore(path)
 
@@ -134,6 +134,26 @@ def test_version_3_store_gets_its_aggregates_from_its_rows(tmp_path):
         assert kept[0]["POST /u/{id}"]["exchanges"] == 3
 
 
+def test_version_4_store_gets_the_incidents_table_and_keeps_its_aggregates(tmp_path):
+    """Version 5 adds incidents: a version 4 store gains the (empty) table, and its
+    aggregates are kept as they are, not computed again on top."""
+    path = tmp_path / "s.db"
+    with SQLiteStore(path) as store:
+        store.write("r", "i", [exchange(1), exchange(2, secondary=True)], {})
+        kept = aggregates(store, "r")
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE incidents")
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with SQLiteStore(path, create=False) as store:
+        assert aggregates(store, "r") == kept
+        assert store.incidents("r") == []
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
+    db.close()
+
+
 def test_a_locked_store_is_unavailable(tmp_path):
     """Locked past the timeout (or busy, or a disk error): StoreUnavailable, which the
     recorder retries, with sqlite3's message; never a sqlite3 error."""
@@ -170,7 +190,7 @@ def test_other_sqlite_errors_are_store_errors(tmp_path):
     ],
 )
 def test_a_store_claiming_this_schema_without_its_tables_is_refused(tmp_path, damage, missing):
-    """`meta` says version 4 but the tables are not all there: refused at once, not retried
+    """`meta` says this version but the tables are not all there: refused at once, not retried
     as "no such table" for every batch (audit finding 16)."""
     path = tmp_path / "s.db"
     SQLiteStore(path).close()
@@ -183,7 +203,8 @@ def test_a_store_claiming_this_schema_without_its_tables_is_refused(tmp_path, da
         with pytest.raises(StoreError) as caught:
             SQLiteStore(path, create=create)
         assert str(caught.value).startswith(
-            f"{path}: not a complete shadowdiff store (schema version 4 without {missing}"
+            f"{path}: not a complete shadowdiff store"
+            f" (schema version {SCHEMA_VERSION} without {missing}"
         )
 
 

@@ -124,3 +124,20 @@ def ctl_status(ctx: click.Context) -> None:
     for c in verdict.get("checks", []):
         if c["result"] != "PASS":
             click.echo(f"  {c['result']:<12} {c['id']:<16} {c['route']}: {c['detail']}")
+
+
+@ctl.command("ack")
+@click.argument("key")
+@click.pass_context
+def ctl_ack(ctx: click.Context, key: str) -> None:
+    """Acknowledge the open incident of KEY (its dedup key, or a unique prefix of it of at
+    least 6 characters, as `shadowdiff incidents` shows): the moment counts as its response,
+    and PagerDuty stops escalating it."""
+    import json
+
+    urls, _ = ctx.obj  # the incidents are in the store: one proxy of a fleet is enough
+    incident = _call(ctx, urls[0], "POST", "/incidents/ack", json.dumps({"key": key}).encode())
+    click.echo(
+        f"acknowledged {incident['key']} ({incident['route']} {incident['check']},"
+        f" team {incident['team'] or '-'}) as {incident['acked_by']}"
+    )

@@ -1,5 +1,5 @@
 """The commands that read a store and change nothing: `summary`, `gate`, `report`,
-`suggest-ignores`.
+`suggest-ignores`, `incidents`.
 
 The judge (scipy) and the report renderers load inside the commands, not at import.
 """
@@ -172,3 +172,46 @@ def report(
     except OSError as e:
         raise UsageProblem(f"-o: cannot write {output}: {e.strerror or e}") from None
     click.echo(f"{fmt} report of run {run!r} ({doc['verdict']}) written to {output}")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+@cli.command()
+@options(STORE_PATH, RUN.but(help="Run name [every run in the store]."))
+@click.option("--json", "as_json", is_flag=True, help="Print every incident as JSON.")
+def incidents(store_path: str, run_name: str | None, as_json: bool) -> None:
+    """List the incidents (a route's check that turned FAIL) with their response times:
+    to detect (first bad exchange → page), acknowledge (page → ack), mitigate and resolve
+    (first bad exchange → either)."""
+    import json
+    from datetime import UTC, datetime
+
+    with open_store(store_path, create=False) as store:
+        found = [i for run in _runs(store, store_path, run_name) for i in store.incidents(run)]
+    if as_json:
+        click.echo(json.dumps([i.row() for i in found], indent=2))
+        return
+    if not found:
+        click.echo("no incidents")
+        return
+    for i in found:
+        d = i.durations()
+        state = "open" if i.resolved is None else "resolved"
+        started = datetime.fromtimestamp(i.started, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{i.key[:12]}  {state:<8} {i.severity:<8} team {i.team or '-'}  run {i.run}"
+            f"  {i.route}  {i.check}"
+        )
+        click.echo(
+            f"    started {started} UTC; detect {_seconds(d['detect'])}, acknowledge"
+            f" {_seconds(d['acknowledge'])}, mitigate {_seconds(d['mitigate'])}, resolve"
+            f" {_seconds(d['resolve'])}"
+        )
+        if i.acked_by:
+            click.echo(f"    acknowledged by {i.acked_by}")
+        if i.resolved_why:
+            click.echo(f"    resolved: {i.resolved_why}")

@@ -31,7 +31,7 @@ from shadowdiff.cli.common import (
     setup_logging,
 )
 from shadowdiff.cli.read import judge_run
-from shadowdiff.config import access_token, parse_duration
+from shadowdiff.config import access_token, destinations, parse_duration
 from shadowdiff.counts import replaced, summary_line
 from shadowdiff.errors import ConfigError
 from shadowdiff.store import masked, open_store
@@ -73,6 +73,7 @@ def proxy(config_path: str | None, processes: int, **flags: Any) -> None:
     cfg = configured(config_path, flags)
     try:
         access_token(cfg.control)
+        destinations(cfg)
     except ConfigError as e:
         raise UsageProblem(str(e)) from None
     if cfg.primary is None:

@@ -1,21 +1,27 @@
-"""Alerts to webhooks when something a person should know about happens in the worker.
+"""Alerts and incident messages to their destinations, off the worker's loop.
 
 The contract, because the caller is the worker's event loop and must never suffer for it:
 
 - `Alerter.fire` never blocks and never raises: it only decides and enqueues. Delivery
   happens later in sender tasks, never on the caller's stack.
-- Debounced: at most one alert per (event, key) per `debounce` seconds; repeats are counted
-  `alerts.debounced` and not sent.
-- Bounded: each webhook has its own queue of at most `max_queue` alerts and a few concurrent
-  senders, so a dead webhook delays only its own deliveries, and only for as long as its
-  retries take. An alert that finds a webhook's queue full is counted `alerts.dropped`.
+- Routed: an incident's messages go to its team's destinations (PagerDuty, Alertmanager,
+  Slack-compatible or generic webhooks; `alerts.webhooks` when the team has none); other
+  events go to `alerts.webhooks`, and the changes (start, pause, dial) to every PagerDuty
+  destination as change events. The wire formats are in `destinations`.
+- Debounced events: at most one per (event, key) per `debounce` seconds; repeats are counted
+  `alerts.debounced` and not sent. An incident's messages are never debounced: the incident
+  (one per route and check) is the deduplication.
+- Bounded: each destination has its own queue of at most `max_queue` alerts and a few
+  concurrent senders, so a dead one delays only its own deliveries, and only for as long as
+  its retries take. An alert that finds a queue full is counted `dropped`.
 - Retried: a POST that may succeed later (408, 429, 5xx, connection error, timeout) is
   retried `retries` times with exponential backoff, waiting at least what a `Retry-After` in
   seconds asks (up to MAX_BACKOFF); any other answer (a 4xx: a bad URL or payload, a revoked
-  key) would fail the same way again and is not. Then it is counted `alerts.failed`
-  and logged once, naming only the host (a Slack webhook URL is a secret).
-- Counted per delivery (one alert to one webhook): each ends `alerts.sent`, `alerts.failed`
-  or `alerts.dropped` (queue full, or still undelivered when `close` gives up).
+  key) would fail the same way again and is not. Then it is counted `failed` and logged
+  once, naming only the destination and its host (a Slack webhook URL is a secret).
+- Counted per delivery (one alert to one destination): each ends `sent`, `failed` or
+  `dropped` (queue full, or still undelivered when `close` gives up), in `alerts.<outcome>`
+  and in `deliveries.<outcome>.<destination>`.
 """
 
 from __future__ import annotations
@@ -25,9 +31,8 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +40,8 @@ import aiohttp
 import orjson
 
 from shadowdiff import config
+from shadowdiff.faces import destinations
+from shadowdiff.faces.destinations import Alert as Alert  # where it is defined
 
 logger = logging.getLogger("shadowdiff.alerts")
 
@@ -48,59 +55,33 @@ RETRIED = frozenset({408, 429})
 """The 4xx answers that may pass later (a timeout, a rate limit); every 5xx may too."""
 
 
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """One thing that happened; `key` is what debouncing is per (a route, a target, "mirror")."""
-
-    event: str
-    key: str
-    text: str
-    details: dict[str, Any]
+ONLY = {"acknowledge": "pagerduty", "refresh": "alertmanager"}
+"""The incident actions only one kind of destination takes."""
 
 
 @dataclass(slots=True)
 class _Lane:
-    """One webhook with its own queue, so a dead webhook cannot starve the others."""
+    """One destination with its own queue, so a dead one cannot starve the others."""
 
-    webhook: config.Webhook
-    host: str
-    queue: asyncio.Queue[tuple[Alert, str]]
+    name: str
+    """How counts and logs name it: `team/kind`, or `webhooks/N` for alerts.webhooks."""
+    team: str | None
+    kind: str
+    url: str
+    routing_key: str | None
+    queue: asyncio.Queue[tuple[Alert, float]]
 
+    @property
+    def host(self) -> str:
+        return self.host_of(self.url)
 
-def _host(url: str) -> str:
-    """What a log line may name: the host and port, never the path (it holds the secret)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{host}:{parts.port}" if parts.port else host
-
-
-def _slack_escape(text: str) -> str:
-    """Live-traffic text made inert for Slack: one line, and no `<!channel>` or `<url|link>`."""
-    line = " ".join(text.split())
-    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _slack_payload(alert: Alert, run: str) -> dict[str, Any]:
-    text = _slack_escape(alert.text)
-    context = f"run {_slack_escape(run)} · event {_slack_escape(alert.event)}"
-    return {
-        "text": text,
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
-        ],
-    }
-
-
-def _generic_payload(alert: Alert, run: str, at: str) -> dict[str, Any]:
-    return {
-        "event": alert.event,
-        "run": run,
-        "key": alert.key,
-        "text": alert.text,
-        "details": alert.details,
-        "at": at,
-    }
+    @staticmethod
+    def host_of(url: str) -> str:
+        """What a log line may name: the host and port, never the path (it holds the
+        secret of a Slack webhook)."""
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
 
 
 def _reason(exc: Exception) -> str:
@@ -126,46 +107,99 @@ class Alerter:
         counts: collections.Counter[str],
         clock: Callable[[], float] = time.monotonic,
         backoff: float = 0.5,
+        teams: Sequence[tuple[str, str, str, str | None]] = (),
+        on_sent: Callable[[Alert, float], None] | None = None,
     ) -> None:
+        """`teams`: the incident destinations (`config.destinations`); `on_sent(alert, at)`
+        is told of each delivery that went through, on the loop."""
         self.cfg = cfg
         self.run = run
         self.counts = counts
         self.clock = clock
         self.backoff = backoff
+        self.on_sent = on_sent
         self._lanes = [
-            _Lane(hook, _host(hook.url), asyncio.Queue(cfg.max_queue)) for hook in cfg.webhooks
+            _Lane(f"webhooks/{i}", None, hook.format, hook.url, None, asyncio.Queue(cfg.max_queue))
+            for i, hook in enumerate(cfg.webhooks, 1)
+        ] + [
+            _Lane(name, name.split("/")[0], kind, url, key, asyncio.Queue(cfg.max_queue))
+            for name, kind, url, key in teams
         ]
         self._last: dict[tuple[str, str], float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._senders: list[asyncio.Task[None]] = []
         self._closed = False
 
-    def fire(self, alert: Alert) -> bool:
-        """Enqueues `alert` for every webhook; False if nothing was enqueued.
+    @property
+    def destinations(self) -> bool:
+        """Whether anything is configured to be told."""
+        return bool(self._lanes)
 
-        Sync, never blocks, never raises. No webhooks configured: False, counts nothing.
-        A repeat of (event, key) within `debounce` seconds of the last accepted one is counted
-        `alerts.debounced`. A webhook whose queue holds `max_queue` alerts (or any webhook
-        once closed) counts `alerts.dropped`. Alerts fired before `start` wait in the queue.
+    @property
+    def alertmanagers(self) -> list[str]:
+        return [lane.url for lane in self._lanes if lane.kind == "alertmanager"]
+
+    async def silences(self) -> list[Any]:
+        """The silences every Alertmanager destination holds (its v2 API's JSON); one that
+        cannot be asked gives none, logged at debug level (it is asked again later)."""
+        out: list[Any] = []
+        if self._session is None:
+            return out
+        for url in self.alertmanagers:
+            try:
+                async with self._session.get(url.rstrip("/") + "/api/v2/silences") as r:
+                    found = await r.json(content_type=None) if r.status == 200 else []
+            except Exception as e:  # noqa: BLE001 - a poll never raises
+                logger.debug("cannot read the silences of %s: %s", _Lane.host_of(url), _reason(e))
+                continue
+            out += found if isinstance(found, list) else []
+        return out
+
+    def _targets(self, alert: Alert) -> list[_Lane]:
+        """The lanes `alert` goes to (see `Alert`)."""
+        if alert.incident is not None:
+            team = [lane for lane in self._lanes if lane.team == alert.incident.team]
+            lanes = team or [lane for lane in self._lanes if lane.team is None]
+            only = ONLY.get(alert.action)
+            return [lane for lane in lanes if only in (None, lane.kind)]
+        return [
+            lane
+            for lane in self._lanes
+            if (alert.message and lane.team is None) or (alert.change and lane.kind == "pagerduty")
+        ]
+
+    def fire(self, alert: Alert) -> bool:
+        """Enqueues `alert` for its destinations; False if nothing was enqueued.
+
+        Sync, never blocks, never raises. No destination for it: False, counts nothing.
+        An event (not an incident's message) repeating (event, key) within `debounce` seconds
+        of the last accepted one is counted `alerts.debounced`. A destination whose queue
+        holds `max_queue` alerts (or any once closed) counts `alerts.dropped`. Alerts fired
+        before `start` wait in the queue.
         """
-        if not self._lanes:
+        lanes = self._targets(alert)
+        if not lanes:
             return False
         now = self.clock()
         last = self._last.get((alert.event, alert.key))
-        if last is not None and now - last < self.cfg.debounce:
+        if alert.incident is None and last is not None and now - last < self.cfg.debounce:
             self.counts["alerts.debounced"] += 1
             return False
-        at = datetime.now(UTC).isoformat(timespec="milliseconds")
         accepted = False
-        for lane in self._lanes:
+        for lane in lanes:
             if self._closed or lane.queue.full():
-                self.counts["alerts.dropped"] += 1
+                self._count(lane, "dropped")
             else:
-                lane.queue.put_nowait((alert, at))
+                lane.queue.put_nowait((alert, time.time()))
                 accepted = True
         if accepted:
             self._last[(alert.event, alert.key)] = now
         return accepted
+
+    def _count(self, lane: _Lane, outcome: str) -> None:
+        """One delivery's end, in the totals and per destination."""
+        self.counts[f"alerts.{outcome}"] += 1
+        self.counts[f"deliveries.{outcome}.{lane.name}"] += 1
 
     async def start(self) -> None:
         """Opens the one HTTP session and the sender tasks; call once in the worker's loop."""
@@ -194,7 +228,7 @@ class Alerter:
         for lane in self._lanes:
             while not lane.queue.empty():
                 lane.queue.get_nowait()
-                self.counts["alerts.dropped"] += 1
+                self._count(lane, "dropped")
         if self._session is not None:
             await self._session.close()
 
@@ -205,19 +239,18 @@ class Alerter:
             try:
                 await self._deliver(session, lane, alert, at)
             except asyncio.CancelledError:  # close() gave up on this one
-                self.counts["alerts.dropped"] += 1
+                self._count(lane, "dropped")
                 raise
             finally:
                 lane.queue.task_done()
 
     async def _deliver(
-        self, session: aiohttp.ClientSession, lane: _Lane, alert: Alert, at: str
+        self, session: aiohttp.ClientSession, lane: _Lane, alert: Alert, at: float
     ) -> None:
-        """POSTs one alert to one webhook, retrying with backoff; counts how it ended."""
-        if lane.webhook.format == "slack":
-            payload = _slack_payload(alert, self.run)
-        else:
-            payload = _generic_payload(alert, self.run, at)
+        """POSTs one alert to one destination, retrying with backoff; counts how it ended."""
+        url, payload = destinations.payload(
+            lane.kind, lane.url, lane.routing_key, alert, self.run, at
+        )
         # default=str: a stray non-JSON value in `details` must not lose the alert.
         body = orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS)
         asked = 0.0  # what the last answer's Retry-After asked for
@@ -225,16 +258,19 @@ class Alerter:
             if attempt > 1:
                 backoff = self.backoff * 2 ** (attempt - 2)
                 await asyncio.sleep(min(max(backoff, asked), MAX_BACKOFF))
-            reason, retry, asked = await self._post(session, lane.webhook.url, body)
+            reason, retry, asked = await self._post(session, url, body)
             if reason is None:
-                self.counts["alerts.sent"] += 1
+                self._count(lane, "sent")
+                if self.on_sent is not None:
+                    self.on_sent(alert, time.time())
                 return
             if not retry:
                 break
-        self.counts["alerts.failed"] += 1
+        self._count(lane, "failed")
         logger.warning(
-            "alert %s to webhook at %s failed after %d attempt(s): %s",
+            "alert %s to %s at %s failed after %d attempt(s): %s",
             alert.event,
+            lane.name,
             lane.host,
             attempt,
             reason,

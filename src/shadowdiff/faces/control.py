@@ -10,6 +10,7 @@ need the bearer token when one is set (mandatory beyond loopback).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -51,6 +52,11 @@ _HOST = re.compile(r"(?:\[([^\]]*)\]|([^:\[\]]*))(?::[0-9]*)?")
 _READ_ONLY = {"/gate"}
 """Paths a rollout controller may POST to without the token: they only read (Flagger's
 webhooks always POST)."""
+_SIGNED = {"/hooks/pagerduty"}
+"""Paths whose callers sign the body instead of sending the token, once a signing secret
+is set (PagerDuty's webhooks: `X-PagerDuty-Signature`)."""
+MAX_HOOK = 256 * 1024
+"""Largest request body read (PagerDuty's webhooks are a few kilobytes)."""
 
 
 class Switch(Protocol):
@@ -76,6 +82,7 @@ class Sources:
 
 _SOURCES: web.AppKey[Sources] = web.AppKey("sources")
 _TOKEN: web.AppKey[str | None] = web.AppKey("token")
+_HOOK_SECRET: web.AppKey[str | None] = web.AppKey("hook_secret")
 _LOOPBACK: web.AppKey[bool] = web.AppKey("loopback")
 
 
@@ -131,7 +138,11 @@ def _rebound(request: web.Request) -> bool:
 async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     if _rebound(request):
         return _json({"error": f"host {request.host!r} refused: use 127.0.0.1 or localhost"}, 403)
-    if request.method not in ("GET", "HEAD", "OPTIONS") and request.path not in _READ_ONLY:
+    signing = request.app[_HOOK_SECRET]
+    if request.path in _SIGNED and signing is not None:
+        if not _signed(await request.read(), request, signing):
+            return _json({"error": "the signature (X-PagerDuty-Signature) does not match"}, 401)
+    elif request.method not in ("GET", "HEAD", "OPTIONS") and request.path not in _READ_ONLY:
         refusal = _refusal(request)
         if refusal is not None:
             return refusal
@@ -139,6 +150,20 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
+
+
+def _signed(body: bytes, request: web.Request, secret: str) -> bool:
+    """PagerDuty's v3 webhook signature: `v1=` HMAC-SHA256 of the body in hex, one of a
+    comma-separated list (several while a secret is rotated)."""
+    want = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    given = request.headers.get("X-PagerDuty-Signature", "")
+    return any(
+        hmac.compare_digest(
+            part.strip().removeprefix("v1=").encode(errors="replace"), want.encode()
+        )
+        for part in given.split(",")
+        if part.strip().startswith("v1=")
+    )
 
 
 def _actor(request: web.Request) -> str:
@@ -251,6 +276,46 @@ async def _examples(request: web.Request) -> web.Response:
     return _json(await request.app[_SOURCES].verdicts.examples(route, path))
 
 
+async def _incidents(request: web.Request) -> web.Response:
+    listed = await request.app[_SOURCES].verdicts.incident_list()
+    return _json([i.row() for i in listed])
+
+
+async def _ack(request: web.Request) -> web.Response:
+    """`{"key": …}`: acknowledges the open incident of that dedup key (or a unique prefix
+    of at least 6 characters)."""
+    try:
+        key = orjson.loads(await request.read() or b"{}").get("key")
+    except (orjson.JSONDecodeError, AttributeError):
+        key = None
+    if not isinstance(key, str) or not key:
+        return _json({"error": 'body must be {"key": "<dedup key of an open incident>"}'}, 400)
+    incident = await request.app[_SOURCES].verdicts.ack(key, _actor(request))
+    if incident is None:
+        return _json(
+            {"error": f"no open incident has the key {key[:80]!r} (or it is ambiguous)"}, 404
+        )
+    return _json(incident.row())
+
+
+async def _pagerduty(request: web.Request) -> web.Response:
+    """PagerDuty's v3 webhook: `incident.acknowledged` acknowledges the incident of its
+    `incident_key` (our dedup key). Anything else is taken and ignored: PagerDuty retries
+    what is not answered 2xx."""
+    body = await request.read()
+    try:
+        event = orjson.loads(body).get("event") or {}
+        kind, data = event.get("event_type"), event.get("data") or {}
+        key = data.get("incident_key")
+        who = ((event.get("agent") or {}).get("summary") or "someone")[:80]
+    except (orjson.JSONDecodeError, AttributeError):
+        return _json({"error": "not a PagerDuty v3 webhook"}, 400)
+    acked = None
+    if kind == "incident.acknowledged" and isinstance(key, str) and key:
+        acked = await request.app[_SOURCES].verdicts.ack(key, f"{who} (PagerDuty)", page=False)
+    return _json({"acknowledged": acked.key if acked else None})
+
+
 async def _asset(request: web.Request) -> web.Response:
     name, kind = _ASSETS[request.path]
     text = resources.files("shadowdiff.faces").joinpath("dashboard", name).read_bytes()
@@ -267,13 +332,16 @@ def build(
     health: Callable[[], dict[str, Any]],
     token: str | None,
     loopback: bool,
+    hook_secret: str | None = None,
 ) -> web.Application:
     """`status` gives run, instance and counts; `health` the worker's health report.
-    `loopback`: the server listens on loopback only, so only loopback names may ask."""
-    app = web.Application(middlewares=[_guard], client_max_size=4096)
+    `loopback`: the server listens on loopback only, so only loopback names may ask.
+    `hook_secret`: PagerDuty's webhooks sign with it instead of sending the token."""
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_HOOK)
     app[_SOURCES] = Sources(switch, verdicts, metrics, status, health)
     app[_TOKEN] = token
     app[_LOOPBACK] = loopback
+    app[_HOOK_SECRET] = hook_secret
     for path in _ASSETS:
         app.router.add_get(path, _asset)
     app.router.add_get("/metrics", _metrics)
@@ -287,6 +355,9 @@ def build(
     app.router.add_post("/mirror/pause", _pause)
     app.router.add_post("/mirror/resume", _resume)
     app.router.add_put("/mirror/sample-rate", _sample_rate)
+    app.router.add_get("/api/incidents", _incidents)
+    app.router.add_post("/incidents/ack", _ack)
+    app.router.add_post("/hooks/pagerduty", _pagerduty)
     return app
 
 

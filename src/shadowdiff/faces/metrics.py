@@ -98,6 +98,15 @@ class _Books(Collector):
             for reason, value in sorted((zeros | by_reason(counts, prefix)).items()):
                 family.add_metric([reason], value)
             yield family
+        deliveries = CounterMetricFamily(
+            f"{PREFIX}_alert_deliveries",
+            "Alert and incident deliveries, by destination (team/kind) and outcome.",
+            labels=["destination", "outcome"],
+        )
+        for name, value in sorted(by_reason(counts, "deliveries").items()):
+            outcome, _, destination = name.partition(".")
+            deliveries.add_metric([destination, outcome], value)
+        yield deliveries
         g = self.gauges
         yield GaugeMetricFamily(
             f"{PREFIX}_sample_rate",

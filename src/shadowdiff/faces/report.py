@@ -79,6 +79,31 @@ def md_escape(value: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _md_incidents(doc: VerdictDocument) -> list[str]:
+    """The incidents and their response times, for the release ticket."""
+    found = doc.get("incidents", [])
+    if not found:
+        return []
+    rows = []
+    for i in found:
+        d = i["durations"]
+        times = [d["detect"], d["acknowledge"], d["mitigate"], d["resolve"]]
+        rows.append(
+            [i["key"][:12], i["route"], i["check"], i["team"] or "—", i["severity"]]
+            + [_seconds(t) for t in times]
+            + [i["resolved_why"] or "open"]
+        )
+    header = ["incident", "route", "check", "team", "severity", "detect", "acknowledge"]
+    header += ["mitigate", "resolve", "resolution"]
+    return ["### Incidents", "", *_md_table(header, rows), ""]
+
+
 def render_markdown(doc: VerdictDocument) -> str:
     """A summary to paste into a release ticket; the HTML report has the details."""
     verdict = str(doc.get("verdict", "INCONCLUSIVE"))
@@ -98,6 +123,7 @@ def render_markdown(doc: VerdictDocument) -> str:
             for e in doc.get("events", [])
         ],
         *([""] if doc.get("accounting") or doc.get("events") else []),
+        *_md_incidents(doc),
         "### Checks not passing",
         "",
     ]
@@ -224,6 +250,7 @@ def render_html(doc: VerdictDocument, extras: Extras) -> str:
             series=SERIES,
             fmt_num=_num,
             fmt_time=_time,
+            fmt_seconds=_seconds,
             fmt_pct=_pct,
             fmt_ms=_ms,
             fmt_ratio=_ratio,

@@ -1,4 +1,4 @@
-"""The live verdict of a running worker, and the alerts for routes that turn FAIL.
+"""The live verdict of a running worker, and the incidents of the routes that turn FAIL.
 
 Reading the store and judging run in a thread of their own, so copies never wait for a
 verdict; concurrent callers share one judgement, kept FRESH seconds. The route of a query
@@ -16,11 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shadowdiff.compare import Redactor
 from shadowdiff.config import Config
 from shadowdiff.faces.alerts import Alert, Alerter
+from shadowdiff.faces.incidents import Incidents, silenced
+from shadowdiff.judge.window import Readings, reading  # no scipy in this one
+from shadowdiff.model import Incident
 from shadowdiff.store import Store, open_store
 
 if TYPE_CHECKING:  # the judge package imports scipy: loaded lazily, below
@@ -60,7 +63,6 @@ class LiveVerdict:
     def __init__(self, cfg: Config, alerter: Alerter) -> None:
         self.cfg = cfg
         self.alerter = alerter
-        self.failing: set[str] = set()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict")
         # the route list is read beside the judgements, so an unknown route needs no wait
         self.lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict-routes")
@@ -70,11 +72,14 @@ class LiveVerdict:
         self.judging: dict[str | None, asyncio.Future[VerdictDocument]] = {}
         self.known: tuple[float, frozenset[str]] = (-math.inf, frozenset())
         self.listing: asyncio.Future[frozenset[str]] | None = None
+        self.incidents = Incidents(cfg)
+        self.readings = Readings(cfg.incidents.window)
+        self.tasks: set[asyncio.Future[Any]] = set()
 
-    async def verdict(self, route: str | None = None, fresh: bool = False) -> VerdictDocument:
+    async def verdict(self, route: str | None = None) -> VerdictDocument:
         """The verdict document of the run (or of one route): judged again once FRESH seconds
         old; while that takes more than PATIENCE, the previous one is served if it is under
-        STALE seconds old (unless `fresh`: the alert watch judges every tick anew).
+        STALE seconds old.
 
         Callers asking at once share one judgement; the store is read in the verdict thread.
         Raises `UnknownRoute` for a route the store does not hold, `Busy` when MAX_PENDING
@@ -95,7 +100,7 @@ class LiveVerdict:
             judging = asyncio.ensure_future(self._in_thread(self._document, route))
             self.judging[route] = judging
             judging.add_done_callback(lambda done: self._judged(route, done))
-        if fresh or not cached or age >= STALE:
+        if not cached or age >= STALE:
             return await asyncio.shield(judging)
         done, _ = await asyncio.wait({asyncio.shield(judging)}, timeout=PATIENCE)
         return done.pop().result() if done else cached[1]
@@ -133,36 +138,114 @@ class LiveVerdict:
             self.latest[route] = (time.monotonic(), future.result())
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Judges the run every `control.verdict_every` to alert on routes that turn FAIL
-        (only when there are webhooks to tell)."""
-        if not self.cfg.alerts.webhooks:
+        """Judges the run's window every `control.verdict_every` and applies it to the
+        incidents (only when there is a destination to tell); asks Alertmanager for silences
+        every `incidents.poll_silences` while one is open."""
+        if not self.alerter.destinations:
             return
+        polled = -math.inf
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.cfg.control.verdict_every)
             if stop.is_set():
                 return
             try:
-                doc = await self.verdict(fresh=True)
+                self._fire(await self._in_thread(self._incident_tick))
+                if time.monotonic() - polled >= self.cfg.incidents.poll_silences:
+                    polled = time.monotonic()
+                    await self._silences()
             except Exception as e:  # an unreadable store is shown by /healthz, not fatal here
-                logger.error("cannot judge the run: %s", e)
-                continue
-            self.alert_failures(doc)
+                logger.error("cannot judge the run's incidents: %s", e)
 
-    def alert_failures(self, doc: VerdictDocument) -> None:
-        failing = {c["route"] for c in doc["checks"] if c["result"] == "FAIL"}
-        for route in sorted(failing - self.failing):
-            details = [c for c in doc["checks"] if c["route"] == route and c["result"] == "FAIL"]
-            self.alerter.fire(
-                Alert(
-                    "route_fail",
-                    route,
-                    f"shadowdiff run {self.cfg.run}: {route} is FAIL "
-                    f"({'; '.join(c['detail'] for c in details)})",
-                    {"route": route, "checks": [c["id"] for c in details]},
+    async def start(self) -> None:
+        """Reads the run as it is before any traffic: the start of the incidents' window
+        (a proxy started again on a run judges what comes after it)."""
+        if not self.alerter.destinations:
+            return
+        try:
+            await self._in_thread(
+                lambda: self.readings.window(
+                    self._store(), reading(self._store(), self.cfg.run, time.time())
                 )
             )
-        self.failing = failing
+        except Exception as e:  # the first tick starts the window then
+            logger.error("cannot read the run's aggregates: %s", e)
+
+    def _incident_tick(self) -> list[Alert]:
+        from shadowdiff.judge import window_verdict  # scipy, as in _document
+
+        store, now = self._store(), time.time()
+        window = self.readings.window(store, reading(store, self.cfg.run, now))
+        verdict = window_verdict(store, window, self.cfg.run, self.cfg)
+        return self.incidents.judged(store, verdict.checks, window.base.at, now)
+
+    async def _silences(self) -> None:
+        """An Alertmanager silence over an open incident's alert acknowledges it."""
+        open_ = await self.incident_list(open_only=True)
+        if not open_ or not self.alerter.alertmanagers:
+            return
+        for silence in await self.alerter.silences():
+            for incident in open_:
+                if incident.acked is None and silenced(incident, self.cfg.run, silence):
+                    who = str(silence.get("createdBy") or "someone")[:80]
+                    await self.ack(incident.key, f"{who} (an Alertmanager silence)", page=True)
+
+    def _fire(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.alerter.fire(alert)
+
+    async def ack(self, key: str, actor: str, page: bool = True) -> Incident | None:
+        """Acknowledges the open incident of dedup key (or unique prefix) `key`; None if
+        there is none. `page`: tell PagerDuty (not when the ack came from it)."""
+        at = time.time()  # now, not when the verdict thread gets to it
+        incident, alerts = await self._in_thread(
+            lambda: self.incidents.ack(self._store(), key, actor, at, page)
+        )
+        self._fire(alerts)
+        return incident
+
+    def mitigate(self, actor: str, what: str) -> None:
+        """Mirroring was paused or dialled to 0 (by the switch, on the loop): the open
+        incidents are mitigated, in the verdict thread, without holding the caller."""
+        at = time.time()
+        task = asyncio.ensure_future(
+            self._in_thread(
+                lambda: self.incidents.mitigated(self._store(), f"{what} by {actor}", at)
+            )
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def sent(self, alert: Alert, at: float) -> None:
+        """The alerter delivered `alert` (on the loop): a trigger's moment is kept."""
+        if alert.incident is None or alert.action != "trigger":
+            return
+        task = asyncio.ensure_future(
+            self._in_thread(lambda: self.incidents.sent(self._store(), alert, at))
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            logger.error("cannot record an incident's moment: %s", task.exception())
+        elif isinstance(task.result(), list):
+            self._fire(task.result())
+
+    async def end(self) -> None:
+        """The run ends here (the proxy stops): its open incidents resolve."""
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.alerter.destinations:
+            with contextlib.suppress(Exception):  # logged as the store's problem elsewhere
+                self._fire(
+                    await self._in_thread(lambda: self.incidents.ended(self._store(), time.time()))
+                )
+
+    async def incident_list(self, open_only: bool = False) -> list[Incident]:
+        return await self._in_thread(lambda: self._store().incidents(self.cfg.run, open_only))
 
     async def examples(self, route: str, path: str) -> list[Example]:
         return await self._in_thread(self._examples, route, path)

@@ -18,14 +18,16 @@ if TYPE_CHECKING:
         duration,
         judge,
     )
-    from shadowdiff.judge.evidence import document, shown_examples
+    from shadowdiff.judge.evidence import document, shown_examples, window_verdict
     from shadowdiff.judge.noise import RouteFindings, findings, suggest_ignores
+    from shadowdiff.judge.window import Readings, reading
 
 __all__ = [
     "FAIL",
     "INCONCLUSIVE",
     "PASS",
     "JudgeConfig",
+    "Readings",
     "RouteData",
     "RouteFindings",
     "Verdict",
@@ -33,8 +35,10 @@ __all__ = [
     "duration",
     "findings",
     "judge",
+    "reading",
     "shown_examples",
     "suggest_ignores",
+    "window_verdict",
 ]
 _CHECKS = (
     "FAIL",
@@ -50,7 +54,8 @@ __getattr__ = exports(
     __name__,
     {
         **dict.fromkeys(_CHECKS, "checks"),
-        **dict.fromkeys(("document", "shown_examples"), "evidence"),
+        **dict.fromkeys(("document", "shown_examples", "window_verdict"), "evidence"),
+        **dict.fromkeys(("Readings", "reading"), "window"),
         **dict.fromkeys(("RouteFindings", "findings", "suggest_ignores"), "noise"),
     },
 )

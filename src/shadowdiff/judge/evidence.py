@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -29,12 +29,13 @@ from shadowdiff.judge.schema import (
     Example,
     ExampleSide,
     Extras,
+    IncidentRow,
     Percentiles,
     RouteRow,
     VerdictDocument,
 )
 from shadowdiff.model import Event, Exchange, Outcome
-from shadowdiff.store import Store
+from shadowdiff.store import AggregateReads, Store
 
 EXAMPLES_SHOWN = 5
 BODY_SHOWN = 10_000
@@ -99,7 +100,11 @@ def _percentiles(values: np.ndarray) -> Percentiles | None:
 
 
 def gather(
-    store: Store, run: str, cfg: Config, only: str | None = None, reference: str | None = None
+    store: AggregateReads,
+    run: str,
+    cfg: Config,
+    only: str | None = None,
+    reference: str | None = None,
 ) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]]]:
     """Findings per route, the judge's inputs, and latency samples per route and side
     (of route `only`, if given: only its aggregates are read); `reference` timed the
@@ -169,6 +174,19 @@ def judge_config(cfg: Config) -> JudgeConfig:
     return JudgeConfig(**{**values, "accepted_routes": tuple(values["accepted_routes"])})
 
 
+def _judged(
+    reads: AggregateReads, counts: dict[str, int], run: str, cfg: Config, only: str | None
+) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]], Verdict]:
+    reference = "+".join(sorted(by_reason(counts, LATENCY_REFERENCE))) or None
+    found, data, latencies = gather(reads, run, cfg, only, reference)
+    return found, data, latencies, judge(data, judge_config(cfg), latency_note(counts))
+
+
+def window_verdict(store: Store, window: AggregateReads, run: str, cfg: Config) -> Verdict:
+    """The verdict of the exchanges in `window` (a `judge.window.Window` of `store`)."""
+    return _judged(window, store.counts(run), run, cfg, None)[3]
+
+
 def document(
     store: Store,
     run: str,
@@ -186,9 +204,7 @@ def document(
     proxy has stopped.
     """
     counts = store.counts(run)
-    reference = "+".join(sorted(by_reason(counts, LATENCY_REFERENCE))) or None
-    found, data, latencies = gather(store, run, cfg, only, reference)
-    verdict = judge(data, judge_config(cfg), latency_note(counts))
+    found, data, latencies, verdict = _judged(store, counts, run, cfg, only)
     latency_checks = {c.route: c for c in verdict.checks if c.id == "latency"}
     routes: list[RouteRow] = []
     for route, inputs in zip(found, data, strict=True):
@@ -251,6 +267,7 @@ def document(
             for problem in imbalance(named)
         ],
         "events": [_event_row(e) for e in store.events(run)],
+        "incidents": [cast(IncidentRow, i.row()) for i in store.incidents(run)],
         "run": run,
         "config_sha256": config_sha256(cfg),
         "tool_version": __version__,

@@ -13,6 +13,7 @@ __all__ = [
     "CheckRow",
     "Counts",
     "EventRow",
+    "IncidentRow",
     "Example",
     "ExampleSide",
     "Extras",
@@ -134,6 +135,38 @@ class EventRow(TypedDict):
     new: str
 
 
+class Durations(TypedDict):
+    """Seconds to detect, acknowledge, mitigate and resolve (`model.Incident.durations`)."""
+
+    detect: float | None
+    acknowledge: float | None
+    mitigate: float | None
+    resolve: float | None
+
+
+class IncidentRow(TypedDict):
+    """A `model.Incident` with its durations: a route's check that turned FAIL."""
+
+    run: str
+    key: str
+    seq: int
+    route: str
+    check: str
+    team: str
+    severity: str
+    summary: str
+    started: float
+    opened: float
+    alerted: float | None
+    acked: float | None
+    acked_by: str | None
+    mitigated: float | None
+    mitigated_by: str | None
+    resolved: float | None
+    resolved_why: str | None
+    durations: Durations
+
+
 class VerdictDocument(TypedDict):
     """The verdict document. `accounting` is empty in a live one (the books balance only once
     every proxy has stopped)."""
@@ -144,6 +177,7 @@ class VerdictDocument(TypedDict):
     counts: Counts
     accounting: list[str]
     events: list[EventRow]
+    incidents: list[IncidentRow]
     run: str
     config_sha256: str
     tool_version: str

@@ -41,6 +41,7 @@ from shadowdiff.config import (
     SHADOW_MARKER,
     Config,
     access_token,
+    destinations,
     load_config,
     paired_by,
 )
@@ -193,6 +194,7 @@ class ShadowDiff:
         try:
             cfg = load_config(path, overrides, base=None if path else base, names=_NAMES)
             access_token(cfg.control)
+            destinations(cfg)  # a named secret missing stops the proxy now
         except ConfigError as e:
             raise exceptions.OptionsError(f"shadowdiff: {e}") from None  # type: ignore[no-untyped-call]
         if self.worker is not None and self.cfg is not None and _fixed(cfg) != _fixed(self.cfg):

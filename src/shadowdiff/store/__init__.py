@@ -8,12 +8,13 @@ error. Import from here, not from the submodules.
 from __future__ import annotations
 
 from shadowdiff.errors import StoreError, StoreUnavailable
-from shadowdiff.store.base import PathRow, RunSize, SignatureRow, Store
+from shadowdiff.store.base import AggregateReads, PathRow, RunSize, SignatureRow, Store
 from shadowdiff.store.schema import SCHEMA_VERSION, clean, masked
 from shadowdiff.store.sqlite import SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AggregateReads",
     "PathRow",
     "RunSize",
     "SignatureRow",

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
-from shadowdiff.model import Divergence, Event, Exchange
+from shadowdiff.model import Divergence, Event, Exchange, Incident
 from shadowdiff.store import aggregates
 from shadowdiff.store.aggregates import STATS
 from shadowdiff.store.schema import COLUMNS, TABLES, clean, exchange_of
@@ -37,7 +37,38 @@ DivergenceRow = tuple[str, str, str, str, str, str | None, str, str]
 """(route, side, exchange key, path, kind, rule, left, right) of one divergence."""
 
 
-class Store(Protocol):
+class AggregateReads(Protocol):
+    """What the judge reads: a run's aggregates (of one route, if given). A store has them;
+    so does a window of the run (`judge.window`), as the difference of two readings."""
+
+    def routes(self, run: str, route: str | None = None) -> dict[str, dict[str, int]]:
+        """Per route (or of `route` alone), from the aggregates: exchanges, with a secondary,
+        the shadow's matched / ignored / divergent counts (before noise is taken out), and
+        the primary's and the shadow's errors (an error outcome or a 5xx)."""
+        ...
+
+    def statuses(self, run: str, route: str | None = None) -> dict[str, dict[tuple[str, str], int]]:
+        """Per route (or of `route` alone): how many exchanges had each (primary, shadow)
+        pair of status or error kind."""
+        ...
+
+    def latency_sample(self, run: str, route: str | None = None) -> Iterator[SampleRow]:
+        """Per route (or of `route` alone): its uniform latency sample (`aggregates`), at most
+        `aggregates.SAMPLE` pairs, by route and then in time order."""
+        ...
+
+    def path_counts(self, run: str, route: str | None = None) -> list[PathRow]:
+        """Per route (or of `route` alone), side, path and kind: the exchanges that really
+        diverge there, from the aggregates, ordered by route, side, path, kind."""
+        ...
+
+    def signatures(self, run: str, route: str | None = None) -> list[SignatureRow]:
+        """Per route (or of `route` alone): the exchanges by the set of paths where the
+        shadow really diverges, from the aggregates."""
+        ...
+
+
+class Store(AggregateReads, Protocol):
     """A store of exchanges and counters: open one with `open_store(target)`, close it with
     `close()` (or `with`). Writes come in batches from one thread of the worker; reads come
     from the faces (CLI, reports, the live verdict). Errors are `StoreError`, and
@@ -90,32 +121,6 @@ class Store(Protocol):
         """Counters per instance (one proxy process, one tap object)."""
         ...
 
-    def routes(self, run: str, route: str | None = None) -> dict[str, dict[str, int]]:
-        """Per route (or of `route` alone), from the aggregates: exchanges, with a secondary,
-        the shadow's matched / ignored / divergent counts (before noise is taken out), and
-        the primary's and the shadow's errors (an error outcome or a 5xx)."""
-        ...
-
-    def statuses(self, run: str, route: str | None = None) -> dict[str, dict[tuple[str, str], int]]:
-        """Per route (or of `route` alone): how many exchanges had each (primary, shadow)
-        pair of status or error kind."""
-        ...
-
-    def latency_sample(self, run: str, route: str | None = None) -> Iterator[SampleRow]:
-        """Per route (or of `route` alone): its uniform latency sample (`aggregates`), at most
-        `aggregates.SAMPLE` pairs, by route and then in time order."""
-        ...
-
-    def path_counts(self, run: str, route: str | None = None) -> list[PathRow]:
-        """Per route (or of `route` alone), side, path and kind: the exchanges that really
-        diverge there, from the aggregates, ordered by route, side, path, kind."""
-        ...
-
-    def signatures(self, run: str, route: str | None = None) -> list[SignatureRow]:
-        """Per route (or of `route` alone): the exchanges by the set of paths where the
-        shadow really diverges, from the aggregates."""
-        ...
-
     def divergence_rows(self, run: str, route: str | None = None) -> Iterator[DivergenceRow]:
         """A `DivergenceRow` for every divergence kept in a row (of `route` alone, if
         given): the values behind `suggest-ignores`."""
@@ -138,6 +143,27 @@ class Store(Protocol):
         self, run: str, instance: str | None = None, flow_id: str | None = None
     ) -> Iterator[Exchange]:
         """The run's exchanges in recording order (or the one of `instance` and `flow_id`)."""
+        ...
+
+    def first_bad(self, run: str, route: str, since: float) -> float | None:
+        """When the route's first exchange kept as a row that went wrong (divergent, a 5xx
+        or an error of the shadow) was sampled, at `since` or later."""
+        ...
+
+    def open_incident(self, incident: Incident) -> Incident | None:
+        """Records `incident` as the open one of its key, numbered after the last: None if
+        one is open already (another proxy of the fleet opened it first)."""
+        ...
+
+    def update_incident(
+        self, run: str, key: str, seq: int, field: str, at: float, by: str | None = None
+    ) -> bool:
+        """Sets a moment of an open incident (`alerted`, `acked`, `mitigated`, `resolved`)
+        and who or why (`by`), if it is not set yet; whether this call set it."""
+        ...
+
+    def incidents(self, run: str, open_only: bool = False) -> list[Incident]:
+        """The run's incidents (or only those still open), oldest first."""
         ...
 
 
@@ -211,8 +237,9 @@ class Backend(ABC):
     def close(self) -> None: ...
 
     @abstractmethod
-    def _delete(self, statements: list[tuple[str, Sequence[object]]]) -> None:
-        """Runs the statements (SQL with `?` placeholders) in one write transaction."""
+    def _change(self, statements: list[tuple[str, Sequence[object]]]) -> int:
+        """Runs the statements (SQL with `?` placeholders) in one write transaction; the rows
+        they changed."""
 
     def _as_text(self, value: str) -> str:
         """A run, instance or flow id to look up, as the backend writes it (here: `clean`, so
@@ -303,7 +330,7 @@ class Backend(ABC):
 
     def delete_run(self, run: str) -> None:
         tables = sorted(t for t in TABLES if t != "meta")
-        self._delete([(f"DELETE FROM {t} WHERE run = ?", (self._as_text(run),)) for t in tables])
+        self._change([(f"DELETE FROM {t} WHERE run = ?", (self._as_text(run),)) for t in tables])
 
     def prune(self, run: str, keep: int) -> None:
         run = self._as_text(run)
@@ -313,7 +340,7 @@ class Backend(ABC):
             " exchanges.run AND e.instance = exchanges.instance AND e.flow_id = exchanges.flow_id)"
         )
         args = (run, run, keep)
-        self._delete(
+        self._change(
             [
                 (
                     "DELETE FROM divergences WHERE run = ? AND (instance, flow_id) IN"
@@ -461,3 +488,66 @@ class Backend(ABC):
                 f"SELECT {COLUMNS} FROM exchanges WHERE {where} ORDER BY id", args
             ):
                 yield exchange_of(row, diffs.get((row[1], row[2]), []))
+
+    def first_bad(self, run: str, route: str, since: float) -> float | None:
+        rows = self._all(
+            "SELECT MIN(ts) FROM exchanges WHERE run = ? AND route = ? AND ts >= ?"
+            " AND (shadow_result = 'divergent' OR shadow_error IS NOT NULL"
+            " OR shadow_status >= 500)",
+            (self._as_text(run), self._as_key(route), since),
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def open_incident(self, incident: Incident) -> Incident | None:
+        i, run = incident, self._as_text(incident.run)
+        text = (i.key, self._as_key(i.route), i.check, i.team, i.severity, clean(i.summary))
+        args = (run, *text, i.started, i.opened)
+        opened = self._change(
+            [
+                (
+                    "INSERT INTO incidents (run, key, seq, route, check_id, team, severity,"
+                    " summary, started, opened) SELECT ?, ?, COALESCE(MAX(seq), 0) + 1,"
+                    " ?, ?, ?, ?, ?, ?, ? FROM incidents WHERE run = ? AND key = ?"
+                    " ON CONFLICT DO NOTHING",
+                    (*args, run, i.key),
+                )
+            ]
+        )
+        if not opened:
+            return None
+        return next(x for x in self.incidents(incident.run, open_only=True) if x.key == i.key)
+
+    def update_incident(
+        self, run: str, key: str, seq: int, field: str, at: float, by: str | None = None
+    ) -> bool:
+        who = {"acked": "acked_by", "mitigated": "mitigated_by", "resolved": "resolved_why"}
+        if field not in ("alerted", *who):
+            raise ValueError(f"no such moment of an incident: {field}")
+        extra, args = (f", {who[field]} = ?", [at, by]) if field in who else ("", [at])
+        return bool(
+            self._change(
+                [
+                    (
+                        f"UPDATE incidents SET {field} = ?{extra} WHERE run = ? AND key = ?"
+                        f" AND seq = ? AND {field} IS NULL",
+                        (*args, run, key, seq),
+                    )
+                ]
+            )
+        )
+
+    def incidents(self, run: str, open_only: bool = False) -> list[Incident]:
+        only = " AND resolved IS NULL" if open_only else ""
+        rows = self._all(
+            f"SELECT {_INCIDENT_COLUMNS} FROM incidents WHERE run = ?{only}"
+            " ORDER BY opened, key, seq",
+            (self._as_text(run),),
+        )
+        return [Incident(*row) for row in rows]
+
+
+_INCIDENT_COLUMNS = (
+    "run, key, seq, route, check_id, team, severity, summary, started, opened, alerted,"
+    " acked, acked_by, mitigated, mitigated_by, resolved, resolved_why"
+)
+"""The incidents table's columns, in the order of `Incident`'s fields."""

@@ -271,8 +271,9 @@ class PostgresStore(Backend):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if schema.must_migrate(self.path, row[0] if row else "unknown"):
                 conn.execute(_PG_SCHEMA)  # every statement of the schema is idempotent
-                with conn.cursor() as cursor:
-                    migrate(_Writes(cursor), "random()")
+                if row and row[0] in schema.WITHOUT_AGGREGATES:
+                    with conn.cursor() as cursor:
+                        migrate(_Writes(cursor), "random()")
                 conn.execute(
                     "UPDATE meta SET value = %s WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),
@@ -313,11 +314,10 @@ class PostgresStore(Backend):
     def close(self) -> None:
         self.pool.close()
 
-    def _delete(self, statements: list[tuple[str, Sequence[object]]]) -> None:
+    def _change(self, statements: list[tuple[str, Sequence[object]]]) -> int:
         with self._transaction() as conn:
             conn.execute("SET LOCAL statement_timeout = 0")  # a long run takes its time
-            for sql, args in statements:
-                conn.execute(_placeholders(sql), args)
+            return sum(conn.execute(_placeholders(sql), args).rowcount for sql, args in statements)
 
     def _write(self, batch: Batch) -> None:
         run, instance, exchanges = batch.run, batch.instance, batch.exchanges

@@ -26,11 +26,14 @@ from shadowdiff.model import (
     result_of,
 )
 
-SCHEMA_VERSION = 4
-MIGRATES_FROM = ("2", "3")
+SCHEMA_VERSION = 5
+MIGRATES_FROM = ("2", "3", "4")
 """Older versions this one upgrades in place: version 3 added the events table, version 4 the
 aggregates (`route_stats`, `route_statuses`, `path_stats`, `signatures`, `latency_sample`),
-computed from the stored exchanges and divergences (`aggregates.migrate`)."""
+computed from the stored exchanges and divergences (`aggregates.migrate`), version 5 the
+incidents table (created empty)."""
+WITHOUT_AGGREGATES = ("2", "3")
+"""The versions whose aggregates a migration computes."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -148,6 +151,22 @@ CREATE TABLE IF NOT EXISTS events (
     old_value TEXT NOT NULL,
     new_value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS incidents (
+    run TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    route TEXT NOT NULL,
+    check_id TEXT NOT NULL,
+    team TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    started REAL NOT NULL,
+    opened REAL NOT NULL,
+    alerted REAL, acked REAL, acked_by TEXT, mitigated REAL, mitigated_by TEXT,
+    resolved REAL, resolved_why TEXT,
+    PRIMARY KEY (run, key, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (run, key) WHERE resolved IS NULL;
 """
 
 

@@ -132,7 +132,8 @@ class SQLiteStore(Backend):
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row and row[0] != str(schema.SCHEMA_VERSION):
-                migrate(_Rows(self.db), "(random() / 18446744073709551616.0 + 0.5)")
+                if row[0] in schema.WITHOUT_AGGREGATES:
+                    migrate(_Rows(self.db), "(random() / 18446744073709551616.0 + 0.5)")
                 self.db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'",
                     (str(schema.SCHEMA_VERSION),),
@@ -191,10 +192,9 @@ class SQLiteStore(Backend):
             )
         self.aggregates.committed()
 
-    def _delete(self, statements: list[tuple[str, Sequence[object]]]) -> None:
+    def _change(self, statements: list[tuple[str, Sequence[object]]]) -> int:
         with _translated(), self.db:
-            for sql, args in statements:
-                self.db.execute(sql, args)
+            return sum(self.db.execute(sql, args).rowcount for sql, args in statements)
 
     def _merge(self, run: str, old: str, new: str) -> None:
         """Regroups what is stored under route prefix `old` as `new` (a collapsed segment)."""

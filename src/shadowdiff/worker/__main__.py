@@ -21,10 +21,11 @@ import time
 from aiohttp import web
 
 from shadowdiff.channel import Reader, Setup
-from shadowdiff.config import access_token, loopback
+from shadowdiff.config import access_token, destinations, loopback, secret
 from shadowdiff.counts import summary_line
 from shadowdiff.errors import ConfigError
-from shadowdiff.faces import Alerter, Gauges, LiveVerdict, Metrics, control
+from shadowdiff.faces import Alert, Alerter, Gauges, LiveVerdict, Metrics, control
+from shadowdiff.model import Event
 from shadowdiff.store import StoreError, open_store
 from shadowdiff.worker import Switch, Worker
 
@@ -62,9 +63,30 @@ async def serve(sock: socket.socket) -> int:
         await worker.mirror.close()
         store.close()
         return 2
-    alerter = Alerter(cfg.alerts, cfg.run, worker.counts)
+    try:
+        teams = destinations(cfg)
+    except ConfigError as e:  # the proxy checked at its start; the environment changed since
+        logger.error("%s", e)
+        await worker.mirror.close()
+        store.close()
+        return 2
+    alerter = Alerter(cfg.alerts, cfg.run, worker.counts, teams=teams)
     switch = worker.switch = Switch(cfg, setup.control, reader.send, alerter)
     live = LiveVerdict(cfg, alerter)
+    alerter.on_sent = live.sent
+    switch.on_mitigation = live.mitigate
+    if not setup.generation:  # a change event: the run (re)starts here
+        switch.events.append(Event(time.time(), "started", "proxy", "", worker.instance))
+        alerter.fire(
+            Alert(
+                "run_started",
+                "run",
+                f"shadowdiff run {cfg.run} started (instance {worker.instance})",
+                {"instance": worker.instance},
+                change=True,
+                message=False,
+            )
+        )
 
     def gauges() -> Gauges:
         return Gauges(
@@ -85,6 +107,7 @@ async def serve(sock: socket.socket) -> int:
         store.close()
         return 2
     await alerter.start()
+    await live.start()
     stop = asyncio.Event()
     flusher = asyncio.create_task(worker.flusher(stop))
     watcher = asyncio.create_task(live.watch(stop))
@@ -96,6 +119,7 @@ async def serve(sock: socket.socket) -> int:
     stop.set()
     await flusher
     await watcher
+    await live.end()
     final, _ = await asyncio.gather(worker.shutdown(), alerter.close(timeout=cfg.mirror.grace))
     await live.close()
     store.close()
@@ -118,10 +142,19 @@ async def _control_server(
         return {"run": worker.cfg.run, "instance": worker.instance, "counts": worker.merged()}
 
     token = access_token(worker.cfg.control)
+    name = worker.cfg.incidents.pagerduty_webhook_secret_env
+    hook_secret = secret(name, None, "incidents.pagerduty_webhook_secret_env")
     deadline = time.monotonic() + (HANDOVER_WAIT if handover else 0.0)
     while True:
         app = control.build(
-            switch, live, metrics, status, worker.health, token, loopback(listen.rpartition(":")[0])
+            switch,
+            live,
+            metrics,
+            status,
+            worker.health,
+            token,
+            loopback(listen.rpartition(":")[0]),
+            hook_secret,
         )
         try:
             runner = await control.serve(app, listen)

@@ -35,6 +35,8 @@ class Switch:
         self.alerter = alerter
         self.events: list[Event] = []
         self.recent: deque[bool] = deque(maxlen=cfg.alerts.auto_pause.window)
+        self.on_mitigation: Callable[[str, str], None] = lambda actor, what: None
+        """Told (actor, what) when mirroring stops: paused, or dialled to 0."""
 
     # -- the switch and the dial -----------------------------------------------------------
 
@@ -71,11 +73,27 @@ class Switch:
                     "mirror",
                     f"shadowdiff run {self.cfg.run}: mirroring {kind} by {actor}",
                     {"actor": actor, "rate": self.rate},
+                    change=True,
                 )
             )
+            if new.paused:
+                self.on_mitigation(actor, "mirroring paused")
         if self.rate != old_rate:
             self.events.append(Event(now, "sample_rate", actor, f"{old_rate:g}", f"{self.rate:g}"))
             logger.warning("sample rate %g → %g by %s", old_rate, self.rate, actor)
+            self.alerter.fire(
+                Alert(
+                    "sample_rate",
+                    "dial",
+                    f"shadowdiff run {self.cfg.run}: sample rate {old_rate:g} → {self.rate:g}"
+                    f" by {actor}",
+                    {"actor": actor, "old": old_rate, "new": self.rate},
+                    change=True,
+                    message=False,
+                )
+            )
+            if self.rate == 0 and not new.paused:
+                self.on_mitigation(actor, "sample rate dialled to 0")
         return new
 
     def state(self) -> dict[str, Any]:

@@ -372,7 +372,43 @@
     renderRoutes(Array.isArray(doc.routes) ? doc.routes : [], checks);
     renderChecks(checks);
     renderDeciding(checks);
+    renderIncidents(Array.isArray(doc.incidents) ? doc.incidents : []);
     renderTitle();
+  }
+
+  const fmtSeconds = (s) => (typeof s === "number" && Number.isFinite(s) ? fmtDuration(s) : "—");
+  const fmtClock = (ts) => (typeof ts === "number" ? new Date(ts * 1000).toLocaleTimeString() : "");
+
+  /** The run's incidents, newest first, with their response times and timeline. */
+  function renderIncidents(incidents) {
+    const body = $("incidents").querySelector("tbody");
+    const rows = [...incidents].reverse().map((i) => {
+      const d = i.durations || {};
+      const steps = [
+        `first bad exchange ${fmtClock(i.started)}`,
+        i.alerted && `paged ${fmtClock(i.alerted)}`,
+        i.acked && `acknowledged ${fmtClock(i.acked)} by ${i.acked_by}`,
+        i.mitigated && `mitigated ${fmtClock(i.mitigated)} (${i.mitigated_by})`,
+        i.resolved && `resolved ${fmtClock(i.resolved)}: ${i.resolved_why}`,
+      ].filter(Boolean);
+      const open = i.resolved === null || i.resolved === undefined;
+      return el(
+        "tr",
+        { className: open ? "incident-open" : "incident-resolved" },
+        el("td", { className: "mono", text: String(i.key || "").slice(0, 12) }),
+        el("td", { className: "path", text: i.route }),
+        el("td", { text: i.check }),
+        el("td", { text: i.team || "—" }),
+        el("td", { text: open ? `open (${i.severity})` : "resolved" }),
+        el("td", { className: "n", text: fmtSeconds(d.detect) }),
+        el("td", { className: "n", text: fmtSeconds(d.acknowledge) }),
+        el("td", { className: "n", text: fmtSeconds(d.mitigate) }),
+        el("td", { className: "n", text: fmtSeconds(d.resolve) }),
+        el("td", { text: steps.join(" · ") }),
+      );
+    });
+    body.replaceChildren(...rows);
+    $("incidents-empty").hidden = rows.length > 0;
   }
 
   /** How long until every inconclusive check can pass or fail, from each check's `needs`:
