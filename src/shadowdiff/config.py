@@ -13,6 +13,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -496,20 +497,36 @@ def secret(env: str | None, file: Path | None, where: str) -> str | None:
     return None
 
 
-def destinations(cfg: Config) -> list[tuple[str, str, str, str | None]]:
-    """Every team's destinations as (name, kind, URL, routing key), secrets read now: a
-    named secret that is missing stops the proxy at start, not at the first incident. Names
-    are `team/kind`, numbered when a team has two of a kind."""
-    out: list[tuple[str, str, str, str | None]] = []
+@dataclass(frozen=True)
+class Target:
+    """A team's destination with its secrets read: `name` (`team/kind`, numbered when a
+    team has two of a kind) is what logs and metrics call it."""
+
+    name: str
+    team: str
+    kind: str
+    url: str
+    routing_key: str | None
+
+
+def destinations(cfg: Config) -> list[Target]:
+    """Every team's destinations, secrets read now: a named secret that is missing (or a
+    URL in a variable that is not one) stops the proxy at start, not at the first
+    incident."""
+    out = []
     for team, spec in cfg.incidents.teams.items():
         kinds = [d.kind for d in spec.destinations]
         for i, d in enumerate(spec.destinations):
             where = f"incidents.teams.{team}.destinations[{i}]"
             url = d.url or secret(d.url_env, None, where) or PAGERDUTY_EVENTS
+            try:
+                url = check_url(url)
+            except ValueError:  # not quoted: a webhook URL is a secret
+                raise ConfigError(f"{where}: {d.url_env} holds no http(s) URL") from None
             key = secret(d.routing_key_env, d.routing_key_file, where)
             nth = kinds[: i + 1].count(d.kind)
             name = f"{team}/{d.kind}" + (f"-{nth}" if kinds.count(d.kind) > 1 else "")
-            out.append((name, d.kind, url, key))
+            out.append(Target(name, team, d.kind, url, key))
     hook = cfg.incidents.pagerduty_webhook_secret_env
     secret(hook, None, "incidents.pagerduty_webhook_secret_env")  # checked as early
     return out

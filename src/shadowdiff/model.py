@@ -137,6 +137,13 @@ class Incident:
         return {**asdict(self), "durations": self.durations()}
 
 
+def span(seconds: float | None) -> str:
+    """An incident's duration as its timeline shows it ("—": not happened)."""
+    if seconds is None:
+        return "—"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def result_of(divergences: list[Divergence]) -> str:
     """matched (no difference), ignored (only where rules say), or divergent."""
     if not divergences:

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import serve_app, shadowdiff
 
 KEY_A, KEY_B = "a" * 32, "b" * 32
+USERS = ("/users",)  # team-a's route
 SLACK_PATH = "/services/T000/B000/secretslackpath"
 SIGNING = "whsec-test-signing"
 
@@ -72,14 +73,14 @@ async def receivers() -> AsyncIterator[Receivers]:
 
 @dataclass
 class Service:
-    """A JSON service whose `/users/…` answers differ while `bad` (the shadow)."""
+    """A JSON service whose answers differ under the path prefixes in `bad` (the shadow)."""
 
     name: str
-    bad: bool = False
+    bad: tuple[str, ...] = ()
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
-        by = "broken" if self.bad and request.path.startswith("/users") else "ok"
+        by = "broken" if self.bad and request.path.startswith(self.bad) else "ok"
         return web.json_response({"path": request.path_qs, "by": by})
 
 
@@ -101,7 +102,10 @@ def write_config(tmp_path: Path, r: Receivers, **incidents: Any) -> Path:
         {"kind": "alertmanager", "url": r.url},
         {"kind": "slack", "url_env": "TEAM_A_SLACK"},
     ]
-    team_b = [{"kind": "pagerduty", "url": f"{r.url}/v2/enqueue", "routing_key_env": "TEAM_B_PD"}]
+    team_b = [
+        {"kind": "pagerduty", "url": f"{r.url}/v2/enqueue", "routing_key_env": "TEAM_B_PD"},
+        {"kind": "alertmanager", "url": r.url},
+    ]
     doc = {
         "judge": {"min_pairs": 10},
         "control": {"verdict_every": "100ms"},
@@ -113,7 +117,7 @@ def write_config(tmp_path: Path, r: Receivers, **incidents: Any) -> Path:
             ],
             "teams": {"team-a": {"destinations": team_a}, "team-b": {"destinations": team_b}},
             "window": "1s",
-            "resolve_after": 8,
+            "resolve_after": 15,
             "poll_silences": "200ms",
             **incidents,
         },
@@ -167,7 +171,7 @@ async def test_owned_routes_page_their_team_once_and_resolve(
         await asyncio.sleep(1.5)  # healthy: nothing to page
         assert receivers.accepted("/v2/enqueue") == []
 
-        shadow.bad = True
+        shadow.bad = USERS
         await until(lambda: receivers.events(KEY_A) == ["trigger"], timeout=20)
         [trigger] = receivers.accepted("/v2/enqueue")
         key = trigger["dedup_key"]
@@ -185,14 +189,14 @@ async def test_owned_routes_page_their_team_once_and_resolve(
         assert firing["labels"]["route"] == "GET /users/{id}"
 
         for _ in range(6):  # flapping: healthy long enough to PASS, never long enough to resolve
-            shadow.bad = False
-            await asyncio.sleep(1.3)
-            shadow.bad = True
-            await asyncio.sleep(0.5)
+            shadow.bad = ()
+            await asyncio.sleep(1.8)  # the 1 s window clears, then PASS for 0.8 s at most
+            shadow.bad = USERS
+            await asyncio.sleep(0.6)
         assert receivers.events(KEY_A).count("trigger") >= 2, receivers.events(KEY_A)  # updates
         assert "resolve" not in receivers.events(KEY_A)
 
-        shadow.bad = False
+        shadow.bad = ()
         await until(lambda: "resolve" in receivers.events(KEY_A), timeout=20)
         stop.set()
         await sender
@@ -218,13 +222,14 @@ async def test_owned_routes_page_their_team_once_and_resolve(
             assert counted[(name, "sent")] == len([x for x in mine if x[1] < 300]), name
         assert counted[("team-a/slack", "failed")] == 1
         assert counted[("team-a/alertmanager", "sent")] == len(receivers.got["/api/v2/alerts"])
+        assert counted[("team-b/pagerduty", "failed")] == 0  # exported from 0
         out = await proxy.stop()
     for secret in (KEY_A, KEY_B, SLACK_PATH):
         assert secret not in out
         assert secret.encode() not in proxy.store.read_bytes()
     listed = shadowdiff("incidents", f"--store={proxy.store}")
     assert listed.returncode == 0 and "team team-a" in listed.stdout and key[:12] in listed.stdout
-    assert "PASS for 8 judgements" in listed.stdout
+    assert "PASS for 15 judgements" in listed.stdout
 
 
 def time_iso(at: float) -> str:
@@ -250,7 +255,7 @@ async def test_the_response_is_timed_ack_by_webhook_and_mitigated_by_a_pause(
         stop = asyncio.Event()
         sender = asyncio.create_task(keep_sending(client, proxy.url, stop))
         await asyncio.sleep(1.0)
-        shadow.bad = True
+        shadow.bad = USERS
         planted = time.time()
         await until(lambda: receivers.events(KEY_A) == ["trigger"], timeout=20)
         paged = next(at for at, s, b in receivers.got["/v2/enqueue"] if s < 300)
@@ -300,3 +305,67 @@ async def test_the_response_is_timed_ack_by_webhook_and_mitigated_by_a_pause(
     assert abs(d["acknowledge"] - (acked - paged)) < 0.1
     assert abs(d["mitigate"] - (paused - planted)) < 0.1
     assert abs(d["resolve"] - (paused - planted)) < 0.1
+
+
+@pytest.mark.usefixtures("secrets")
+async def test_acks_from_the_shell_and_a_silence_and_the_last_proxy_ends_the_run(
+    start_proxy, client, receivers: Receivers, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, receivers)
+    async with service("primary") as primary, service("shadow") as shadow:
+        proxy = await start_proxy(
+            f"--primary={primary.url}", f"--shadow={shadow.url}", "--sample=1", config=str(config)
+        )
+        stop = asyncio.Event()
+        sender = asyncio.create_task(keep_sending(client, proxy.url, stop))
+        shadow.bad = ("/users", "/search")  # both teams' routes
+        await until(lambda: receivers.events(KEY_A) == receivers.events(KEY_B) == ["trigger"], 20)
+        key_a = next(
+            b["dedup_key"] for b in receivers.accepted("/v2/enqueue") if b["routing_key"] == KEY_A
+        )
+        acked = shadowdiff("ctl", f"--url={proxy.control}", "ack", key_a[:8])
+        assert acked.returncode == 0 and f"acknowledged {key_a}" in acked.stdout, acked
+        assert "team team-a" in acked.stdout
+        unknown = shadowdiff("ctl", f"--url={proxy.control}", "ack", "ffffffffff")
+        assert unknown.returncode == 1 and "no open incident" in unknown.stderr
+        await until(lambda: "acknowledge" in receivers.events(KEY_A), timeout=10)
+
+        team_b = {"name": "team", "value": "team-b", "isRegex": False, "isEqual": True}
+        receivers.silences = [
+            {"status": {"state": "active"}, "matchers": [team_b], "createdBy": "sre-bob"}
+        ]
+        await until(lambda: "acknowledge" in receivers.events(KEY_B), timeout=10)
+        async with client.get(proxy.control + "/api/incidents") as r:
+            shown = {i["team"]: i for i in await r.json()}
+        assert shown["team-b"]["acked_by"] == "sre-bob (an Alertmanager silence)"
+        assert "(shadowdiff ctl)" in shown["team-a"]["acked_by"], shown["team-a"]["acked_by"]
+        stop.set()
+        await sender
+        await proxy.stop()  # still failing: the only proxy of the run ends it
+    assert receivers.events(KEY_A)[-1] == receivers.events(KEY_B)[-1] == "resolve"
+    listed = json.loads(shadowdiff("incidents", f"--store={proxy.store}", "--json").stdout)
+    assert [i["resolved_why"] for i in listed] == ["the run ended", "the run ended"]
+
+
+def test_a_missing_secret_stops_the_proxy_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receivers = Receivers(url="http://127.0.0.1:9")
+    config = write_config(tmp_path, receivers)
+    monkeypatch.delenv("TEAM_A_PD", raising=False)
+    done = shadowdiff(
+        "proxy", "--primary=http://127.0.0.1:9", "--shadow=http://127.0.0.1:9", f"--config={config}"
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == (
+        "shadowdiff: error: incidents.teams.team-a.destinations[0]: the environment variable"
+        " TEAM_A_PD is not set\n"
+    )
+    monkeypatch.setenv("TEAM_A_PD", KEY_A)
+    monkeypatch.setenv("TEAM_B_PD", KEY_B)
+    monkeypatch.setenv("TEAM_A_SLACK", "not a url")
+    done = shadowdiff(
+        "proxy", "--primary=http://127.0.0.1:9", "--shadow=http://127.0.0.1:9", f"--config={config}"
+    )
+    assert done.returncode == 2 and "TEAM_A_SLACK holds no http(s) URL" in done.stderr
+    assert "not a url" not in done.stderr  # a webhook URL is a secret, even a wrong one

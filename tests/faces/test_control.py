@@ -202,6 +202,22 @@ async def test_token_guards_the_switch_beyond_loopback(
         wrong = {"Authorization": "Bearer guess"}
         async with client.post(proxy.control + "/mirror/pause", headers=wrong) as r:
             assert r.status == 401
+        # without a signing secret, PagerDuty's webhook needs the token too; so does an ack
+        for path in ("/hooks/pagerduty", "/incidents/ack"):
+            async with client.post(proxy.control + path, json={"key": "abcdefgh"}) as r:
+                assert r.status == 401, path
+        right = {"Authorization": "Bearer s3cret"}
+        async with client.post(proxy.control + "/incidents/ack", json={}, headers=right) as r:
+            assert r.status == 400  # no key
+        async with client.post(
+            proxy.control + "/incidents/ack", json={"key": "abcdefgh"}, headers=right
+        ) as r:
+            assert r.status == 404
+        hook = {"event": {"event_type": "incident.acknowledged", "agent": {"summary": 7}}}
+        async with client.post(proxy.control + "/hooks/pagerduty", json=hook, headers=right) as r:
+            assert r.status == 200 and await r.json() == {"acknowledged": None}
+        async with client.post(proxy.control + "/hooks/pagerduty", data=b"[", headers=right) as r:
+            assert r.status == 400
         assert (await get(client, proxy.control + "/healthz"))[0] in (200, 503)  # reads open
         ctl = ["ctl", f"--url={proxy.control}"]
         done = subprocess.run(

@@ -13,7 +13,7 @@ import pytest
 from factories import outcome, snapshot
 
 from shadowdiff.config import Config, load_config
-from shadowdiff.faces.incidents import Incidents, dedup_key, owner, silenced
+from shadowdiff.faces.incidents import Fleet, Incidents, dedup_key, fleet, owner, silenced
 from shadowdiff.judge.checks import Check
 from shadowdiff.judge.window import Readings, reading
 from shadowdiff.store import SQLiteStore
@@ -54,7 +54,7 @@ def run(incidents: Incidents, store: SQLiteStore, *results: str, at: float = 100
     """The actions of the alerts that judging `results` in turn gives."""
     actions = []
     for n, result in enumerate(results):
-        alerts = incidents.judged(store, [check(result)], 0.0, at + n)
+        alerts = incidents.judged(store, [check(result)], 0.0, at + n, [ROUTE])
         actions += [a.action for a in alerts]
     return actions
 
@@ -97,7 +97,7 @@ def test_a_critical_check_pages_critical_and_a_team_names_its_severities(tmp_pat
         incidents = Incidents(cfg)
         critical = Check("status_5xx", "GET /a", "FAIL", 3, 0, 50, None, critical=True)
         latency = Check("latency", "GET /b", "FAIL", 1.3, 1.1, 500, (1.2, 1.4))
-        alerts = incidents.judged(store, [critical, latency], 0.0, 1.0)
+        alerts = incidents.judged(store, [critical, latency], 0.0, 1.0, ["GET /a", "GET /b"])
         assert [(a.incident.severity, a.incident.team) for a in alerts if a.incident] == [
             ("critical", "platform"),
             ("warning", "platform"),
@@ -121,14 +121,20 @@ def test_ack_by_prefix_then_mitigation_resolves_every_open_one(tmp_path: Path) -
     cfg = config(tmp_path)
     with SQLiteStore(cfg.store) as store:
         incidents = Incidents(cfg)
-        incidents.judged(store, [check("FAIL"), check("FAIL", "GET /b")], 0.0, 10.0)
+        incidents.judged(
+            store, [check("FAIL"), check("FAIL", "GET /b")], 0.0, 10.0, [ROUTE, "GET /b"]
+        )
         key = dedup_key("r1", ROUTE, "divergence_rate")
         assert incidents.ack(store, key[:5], "me", 11.0, page=True) == (None, [])  # too short
         acked, alerts = incidents.ack(store, key[:8], "me", 11.0, page=True)
         assert acked is not None and acked.acked == 11.0 and acked.acked_by == "me"
         assert [a.action for a in alerts] == ["acknowledge"]
         assert incidents.ack(store, key, "me again", 12.0, page=False)[1] == []  # once
-        resolves = incidents.mitigated(store, "mirroring paused by ops", 13.0)
+        assert (
+            incidents.mitigated(store, fleet([("a", 13.0, "paused by ops"), ("b", None, None)]))
+            == []
+        )
+        resolves = incidents.mitigated(store, Fleet(True, 13.0, "mirroring paused by ops"))
         assert [a.action for a in resolves] == ["resolve", "resolve"]
         for i in store.incidents("r1"):
             assert (i.mitigated, i.resolved) == (13.0, 13.0)
@@ -137,10 +143,36 @@ def test_ack_by_prefix_then_mitigation_resolves_every_open_one(tmp_path: Path) -
         assert first.durations()["acknowledge"] is None  # never paged: no time to acknowledge
 
 
+def test_the_fleet_is_mitigated_when_every_proxy_has_stopped() -> None:
+    assert fleet([]) == Fleet(False)
+    assert fleet([("a", 5.0, "paused by x"), ("b", None, None)]) == Fleet(False)
+    assert fleet([("a", 5.0, "paused by x"), ("b", 7.0, "rate 0 by y")]) == Fleet(
+        True, 7.0, "rate 0 by y"
+    )
+
+
+def test_a_trigger_no_destination_took_is_sent_again_and_a_merged_route_resolves(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path, **{"incidents.resend": "10s"})
+    with SQLiteStore(cfg.store) as store:
+        incidents = Incidents(cfg)
+        assert run(incidents, store, "FAIL", at=100.0) == ["trigger"]
+        assert run(incidents, store, "FAIL", "INCONCLUSIVE", at=105.0) == []
+        assert run(incidents, store, "INCONCLUSIVE", at=111.0) == ["trigger"]  # never alerted
+        [i] = store.incidents("r1")
+        incidents.sent(store, incidents._alert(i, "trigger"), 112.0)
+        assert run(incidents, store, "PASS", at=122.0) == ["refresh"]  # Alertmanager's, alive
+        gone = incidents.judged(store, [], 0.0, 123.0, ["GET /users/{name}"])
+        assert [a.action for a in gone] == ["resolve"]
+        assert store.incidents("r1")[0].resolved_why == "its route was merged into another"
+        assert store.incidents("r1")[0].durations()["detect"] == 112.0 - i.started
+
+
 def test_alertmanager_silences_match_the_alert_labels(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     with SQLiteStore(cfg.store) as store:
-        [alert] = Incidents(cfg).judged(store, [check("FAIL")], 0.0, 1.0)
+        [alert] = Incidents(cfg).judged(store, [check("FAIL")], 0.0, 1.0, [ROUTE])
     assert alert.incident is not None
     i = alert.incident
 

@@ -23,7 +23,15 @@ from conftest import Cluster, schema
 from shadowdiff.cli.demo import free_port
 from shadowdiff.config import Config
 from shadowdiff.judge.evidence import document
-from shadowdiff.model import Divergence, Event, Exchange, Outcome, RequestSnapshot, apply_merge
+from shadowdiff.model import (
+    Divergence,
+    Event,
+    Exchange,
+    Incident,
+    Outcome,
+    RequestSnapshot,
+    apply_merge,
+)
 from shadowdiff.store import (
     SCHEMA_VERSION,
     SQLiteStore,
@@ -370,6 +378,32 @@ def test_version_4_store_gets_the_incidents_table_and_keeps_its_aggregates(url: 
         assert aggregates(store, "r") == kept
         assert store.incidents("r") == []
     assert query(url, "SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]
+
+
+def test_two_proxies_open_one_incident_and_see_each_other(url: str) -> None:
+    """The fleet's incidents and heartbeats on PostgreSQL: one open per key, whoever asks
+    first; moments set once; the proxies heard from lately."""
+    incident = Incident("r", "k", 0, "GET /a", "divergence_rate", "t", "error", "s", 1.0, 2.0)
+    with PostgresStore(url) as one, PostgresStore(url) as two:
+        opened = one.open_incident(incident)
+        assert opened is not None and opened.seq == 1
+        assert two.open_incident(incident) is None
+        assert two.update_incident("r", "k", 1, "acked", 3.0, "ada\x00\udcff")
+        assert not one.update_incident("r", "k", 1, "acked", 4.0, "bob")
+        assert one.update_incident("r", "k", 1, "resolved", 5.0, "why")
+        assert two.open_incident(incident).seq == 2  # type: ignore[union-attr]
+        [first, second] = one.incidents("r")
+        assert (first.acked, first.acked_by, second.resolved) == (3.0, "ada\\x00\\udcff", None)
+        one.heartbeat("r", "p1", 10.0, None)
+        two.heartbeat("r", "p2", 10.0, (9.0, "paused by ops"))
+        one.heartbeat("r", "p1", 11.0, (10.5, "rate 0 by ops"))
+        assert one.proxies("r", 10.5) == [("p1", 10.5, "rate 0 by ops")]
+        assert two.proxies("r", 0.0) == [
+            ("p1", 10.5, "rate 0 by ops"),
+            ("p2", 9.0, "paused by ops"),
+        ]
+        two.gone("r", "p2")
+        assert [p for p, _, _ in one.proxies("r", 0.0)] == ["p1"]
 
 
 def test_shared_database_is_fine_but_no_store_is_not_created_on_read(url: str) -> None:

@@ -68,3 +68,23 @@ async def test_auto_pause_on_backlog_and_breaker_alerts(receiver, tmp_path):
     assert await delivered(receiver, 3) == ["auto_paused", "breaker_open", "breaker_closed"]
     assert receiver.got[1]["key"] == "shadow"
     await alerter.close(1)
+
+
+async def test_stopping_mirroring_is_a_mitigation_once(receiver, tmp_path):
+    """Paused or dialled to 0: the switch says since when and why, and tells once."""
+    switch, _, alerter = await switch_for(config(receiver, tmp_path))
+    told: list[tuple[float, str] | None] = []
+    switch.on_mitigation = lambda: told.append(switch.stopped)
+    switch.dial(0.0, "ops")
+    switch.pause("alice")  # stopped already: not a second mitigation
+    assert (
+        len(told) == 1 and told[0] is not None and told[0][1] == "sample rate dialled to 0 by ops"
+    )
+    switch.dial(None, "ops")
+    assert switch.stopped is not None  # still paused
+    switch.resume("alice")
+    assert switch.stopped is None
+    switch.pause("bob")
+    assert switch.stopped is not None and switch.stopped[1] == "mirroring paused by bob"
+    assert len(told) == 2
+    await alerter.close(1)

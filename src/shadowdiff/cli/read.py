@@ -15,6 +15,7 @@ import yaml
 from shadowdiff.cli.common import CONFIG, RUN, STORE_PATH, UsageProblem, cli, face_config, options
 from shadowdiff.config import Config
 from shadowdiff.counts import LATENCY_REFERENCE, by_reason, imbalance, summary_line
+from shadowdiff.model import span
 from shadowdiff.store import Store, open_store
 
 
@@ -174,12 +175,6 @@ def report(
     click.echo(f"{fmt} report of run {run!r} ({doc['verdict']}) written to {output}")
 
 
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
-
-
 @cli.command()
 @options(STORE_PATH, RUN.but(help="Run name [every run in the store]."))
 @click.option("--json", "as_json", is_flag=True, help="Print every incident as JSON.")
@@ -207,9 +202,9 @@ def incidents(store_path: str, run_name: str | None, as_json: bool) -> None:
             f"  {i.route}  {i.check}"
         )
         click.echo(
-            f"    started {started} UTC; detect {_seconds(d['detect'])}, acknowledge"
-            f" {_seconds(d['acknowledge'])}, mitigate {_seconds(d['mitigate'])}, resolve"
-            f" {_seconds(d['resolve'])}"
+            f"    started {started} UTC; detect {span(d['detect'])}, acknowledge"
+            f" {span(d['acknowledge'])}, mitigate {span(d['mitigate'])}, resolve"
+            f" {span(d['resolve'])}"
         )
         if i.acked_by:
             click.echo(f"    acknowledged by {i.acked_by}")

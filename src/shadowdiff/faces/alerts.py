@@ -107,24 +107,29 @@ class Alerter:
         counts: collections.Counter[str],
         clock: Callable[[], float] = time.monotonic,
         backoff: float = 0.5,
-        teams: Sequence[tuple[str, str, str, str | None]] = (),
-        on_sent: Callable[[Alert, float], None] | None = None,
+        teams: Sequence[config.Target] = (),
     ) -> None:
-        """`teams`: the incident destinations (`config.destinations`); `on_sent(alert, at)`
-        is told of each delivery that went through, on the loop."""
+        """`teams`: the incident destinations (`config.destinations`)."""
         self.cfg = cfg
         self.run = run
         self.counts = counts
         self.clock = clock
         self.backoff = backoff
-        self.on_sent = on_sent
+        self.on_sent: Callable[[Alert, float], None] | None = None
+        """Told of each delivery that went through (alert, when), on the loop."""
         self._lanes = [
             _Lane(f"webhooks/{i}", None, hook.format, hook.url, None, asyncio.Queue(cfg.max_queue))
             for i, hook in enumerate(cfg.webhooks, 1)
         ] + [
-            _Lane(name, name.split("/")[0], kind, url, key, asyncio.Queue(cfg.max_queue))
-            for name, kind, url, key in teams
+            _Lane(t.name, t.team, t.kind, t.url, t.routing_key, asyncio.Queue(cfg.max_queue))
+            for t in teams
         ]
+        for lane in self._lanes:  # exported from 0, so that the first failure is an increase
+            for outcome in ("sent", "failed", "dropped"):
+                self.counts[f"deliveries.{outcome}.{lane.name}"] += 0
+        self._order: dict[tuple[str, str], asyncio.Lock] = {}
+        """Per destination and incident: its messages go out one after the other, in the
+        order fired (a trigger in backoff is never overtaken by its resolve)."""
         self._last: dict[tuple[str, str], float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._senders: list[asyncio.Task[None]] = []
@@ -236,13 +241,23 @@ class Alerter:
         """One of a webhook's senders: takes its alerts one at a time until cancelled."""
         while True:
             alert, at = await lane.queue.get()
+            key = (lane.name, alert.incident.key) if alert.incident else None
             try:
-                await self._deliver(session, lane, alert, at)
+                if key is None:
+                    await self._deliver(session, lane, alert, at)
+                else:  # taken at once after get(): senders queue on it in the queue's order
+                    async with self._order.setdefault(key, asyncio.Lock()):
+                        await self._deliver(session, lane, alert, at)
             except asyncio.CancelledError:  # close() gave up on this one
                 self._count(lane, "dropped")
                 raise
+            except Exception as e:  # a payload that would not encode: counted, never fatal
+                self._count(lane, "failed")
+                logger.warning("alert %s to %s not sent: %s", alert.event, lane.name, e)
             finally:
                 lane.queue.task_done()
+                if key is not None and not self._order[key].locked():
+                    del self._order[key]
 
     async def _deliver(
         self, session: aiohttp.ClientSession, lane: _Lane, alert: Alert, at: float

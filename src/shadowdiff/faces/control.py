@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shadowdiff.faces.verdict import RETRY_AFTER, Busy, UnknownRoute
+from shadowdiff.store import clean
 
 if TYPE_CHECKING:
     from shadowdiff.faces.metrics import Metrics
@@ -168,7 +169,7 @@ def _signed(body: bytes, request: web.Request, secret: str) -> bool:
 
 def _actor(request: web.Request) -> str:
     """Who asked: the name a client gave (`X-Shadowdiff-Actor`), and where from."""
-    name = request.headers.get("X-Shadowdiff-Actor", "").strip()[:80]
+    name = clean(request.headers.get("X-Shadowdiff-Actor", "").strip()[:80])  # any bytes
     peer = request.remote or "unknown"
     return f"{name} from {peer}" if name else peer
 
@@ -307,7 +308,7 @@ async def _pagerduty(request: web.Request) -> web.Response:
         event = orjson.loads(body).get("event") or {}
         kind, data = event.get("event_type"), event.get("data") or {}
         key = data.get("incident_key")
-        who = ((event.get("agent") or {}).get("summary") or "someone")[:80]
+        who = str((event.get("agent") or {}).get("summary") or "someone")[:80]
     except (orjson.JSONDecodeError, AttributeError):
         return _json({"error": "not a PagerDuty v3 webhook"}, 400)
     acked = None

@@ -19,7 +19,7 @@ PD_SUMMARY = 1024
 SLACK_TEXT = 3000
 """Slack's longest section text."""
 ALERTNAME = "ShadowdiffCheckFailed"
-ICONS = {"trigger": "🔴", "update": "🔴", "resolve": "✅", "acknowledge": "👀"}
+ICONS = {"trigger": "🔴", "update": "🔴", "resolve": "✅"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,9 @@ class Alert:
     message: bool = True
     links: tuple[tuple[str, str], ...] = ()
     """(href, text) of the report, the dashboard, the verdict."""
+    lasts: float = 0.0
+    """Seconds a firing Alertmanager alert lasts unless posted again (`incidents.resend`
+    times three)."""
 
 
 def _iso(at: float) -> str:
@@ -89,7 +92,7 @@ def _generic(alert: Alert, run: str, at: float) -> dict[str, Any]:
         "key": alert.key,
         "text": alert.text,
         "details": alert.details,
-        "at": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds"),
+        "at": _iso(at),
     }
     if alert.incident is not None:
         i = alert.incident
@@ -153,16 +156,11 @@ def _pagerduty(
 def _alertmanager(alert: Alert, run: str, at: float) -> list[dict[str, Any]]:
     assert alert.incident is not None  # only incidents are routed to Alertmanager
     i = alert.incident
-    resend = float(alert.details.get("resend", 60.0))
-    # a firing alert expires unless posted again: refreshed every `resend`, it lasts three
-    ends = at if alert.action == "resolve" else at + 3 * resend
+    ends = at if alert.action == "resolve" else at + alert.lasts
     return [
         {
             "labels": labels(i, run),
-            "annotations": {
-                "summary": alert.text,
-                **{k: str(v) for k, v in alert.details.items() if k != "resend"},
-            },
+            "annotations": {"summary": alert.text, **{k: str(v) for k, v in alert.details.items()}},
             "startsAt": _iso(i.opened),
             "endsAt": _iso(ends),
             "generatorURL": alert.links[0][0] if alert.links else "",

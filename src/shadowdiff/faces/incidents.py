@@ -8,10 +8,12 @@ it resolves; and the moments of the response (detected, acknowledged, mitigated,
   window of the last `incidents.window` (`judge.window`), it opens at the first FAIL, stays
   one incident however the route flaps (a FAIL after PASSes is an update of it), and
   resolves after `resolve_after` PASS judgements with no FAIL between (INCONCLUSIVE, too
-  few exchanges to tell, counts for neither), when mirroring is paused or dialled to 0
-  (the mitigation), or when the run ends: its resolution says which.
-- **Fleet-safe**: the store holds the incidents; one open per key (a unique index), so of
-  several proxies judging the same run, one opens it and pages, one resolves it.
+  few exchanges to tell, counts for neither), when every proxy of the run stops mirroring
+  (paused or dialled to 0: the mitigation), or when the last one stops: its resolution
+  says which. A trigger no destination took is sent again every `resend`.
+- **Fleet-safe**: the store holds the incidents, one open per key (a unique index), so of
+  several proxies judging the same run one opens it and pages, one resolves it; and each
+  proxy's heartbeat (`Store.heartbeat`), so that a mitigation is the whole fleet's.
 
 Everything here but `owner` runs in the live verdict's thread, where the store is read; it
 returns the alerts to fire, which the loop sends.
@@ -23,6 +25,7 @@ import fnmatch
 import hashlib
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -78,6 +81,25 @@ def _regex(pattern: str, value: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Fleet:
+    """The run's proxies as the store has heard from them lately: whether every one of them
+    mirrors nothing (paused or dialled to 0), since when and why (the last to stop)."""
+
+    mitigated: bool
+    since: float = 0.0
+    why: str = ""
+
+
+def fleet(proxies: list[tuple[str, float | None, str | None]]) -> Fleet:
+    """From `Store.proxies`: mitigated when every proxy heard from has stopped mirroring."""
+    stops = [(at, why or "") for _, at, why in proxies if at is not None]
+    if not proxies or len(stops) < len(proxies):
+        return Fleet(False)
+    at, why = max(stops)
+    return Fleet(True, at, why)
+
+
 class Incidents:
     """One worker's view of the run's incidents; the store is the truth a fleet shares."""
 
@@ -90,23 +112,23 @@ class Incidents:
         self.passes: dict[tuple[str, int], int] = {}
         """PASS judgements of an open incident since its last FAIL."""
         self.refreshed: dict[tuple[str, int], float] = {}
-        """When an open incident was last posted to Alertmanager."""
-        self.mitigated_at = 0.0
-        """The last mitigation: a window reaching back before it opens no incident (its
-        evidence is what was mitigated)."""
+        """When an open incident was last posted (triggered, updated or refreshed)."""
 
-    def judged(self, store: Store, checks: Iterable[Any], since: float, now: float) -> list[Alert]:
-        """The window's checks (from `since` to `now`) applied to the run's incidents."""
+    def judged(
+        self, store: Store, checks: Iterable[Any], since: float, now: float, routes: Iterable[str]
+    ) -> list[Alert]:
+        """The window's checks (from `since` to `now`) applied to the run's incidents;
+        `routes`: the run's routes (an open incident of a route merged into another since is
+        resolved)."""
         open_ = {i.key: i for i in store.incidents(self.run, open_only=True)}
-        alerts = []
+        gone = [i for i in open_.values() if i.route not in set(routes)]
+        alerts = self._resolve(store, gone, now, "its route was merged into another")
         for c in checks:
             if c.route == "*":
                 continue
             key = dedup_key(self.run, c.route, c.id)
             incident = open_.get(key)
             if c.result == FAIL and incident is None:
-                if since < self.mitigated_at:
-                    continue
                 incident = self._open(store, c, key, since, now)
                 if incident is not None:
                     alerts.append(self._alert(incident, "trigger", c))
@@ -114,8 +136,6 @@ class Incidents:
                 seq = (key, incident.seq)
                 if self.passes.get(seq, 0):
                     alerts.append(self._alert(incident, "update", c))
-                elif now - self.refreshed.get(seq, incident.opened) >= self.cfg.incidents.resend:
-                    alerts.append(self._alert(incident, "refresh", c))
                 self.passes[seq] = 0
             elif c.result == PASS and incident is not None:
                 seq = (key, incident.seq)
@@ -123,9 +143,20 @@ class Incidents:
                 if self.passes[seq] >= self.cfg.incidents.resolve_after:
                     why = f"PASS for {self.passes[seq]} judgements of the last {_window(self.cfg)}"
                     alerts += self._resolve(store, [incident], now, why)
+        sent = {(a.incident.key, a.incident.seq) for a in alerts if a.incident is not None}
+        for i in store.incidents(self.run, open_only=True):
+            seq = (i.key, i.seq)
+            if seq in sent or now - self.refreshed.get(seq, i.opened) < self.cfg.incidents.resend:
+                continue
+            # never paged (every delivery failed): page again; else keep Alertmanager's alive
+            alerts.append(self._alert(i, "trigger" if i.alerted is None else "refresh"))
         for alert in alerts:
-            if alert.incident is not None and alert.action in ("trigger", "update", "refresh"):
+            if alert.incident is not None and alert.action != "resolve":
                 self.refreshed[(alert.incident.key, alert.incident.seq)] = now
+        still = {(i.key, i.seq) for i in store.incidents(self.run, open_only=True)}
+        for kept in (self.passes, self.refreshed):  # those another proxy resolved, forgotten
+            for seq in set(kept) - still:
+                del kept[seq]
         return alerts
 
     def _open(self, store: Store, c: Any, key: str, since: float, now: float) -> Incident | None:
@@ -148,7 +179,7 @@ class Incidents:
                 "n": c.n,
                 "detail": c.detail,
             }
-        details |= {"team": incident.team, "resend": self.cfg.incidents.resend}
+        details["team"] = incident.team
         what = f"shadowdiff run {self.run}: {incident.route}"
         if action == "resolve":
             text = f"{what} {incident.check} resolved ({incident.resolved_why})"
@@ -156,11 +187,15 @@ class Incidents:
             text = f"{what} {incident.check} acknowledged by {incident.acked_by}"
         else:
             text = f"{what} is FAIL on {incident.check}: {c.detail if c else incident.summary}"
-        event = {"resolve": "route_recovered", "acknowledge": "incident_acked"}.get(
-            action, "route_fail"
-        )
         return Alert(
-            event, incident.route, text, details, incident, action, links=self._links(incident)
+            "route_recovered" if action == "resolve" else "route_fail",
+            incident.route,
+            text,
+            details,
+            incident,
+            action,
+            links=self._links(incident),
+            lasts=3 * self.cfg.incidents.resend,
         )
 
     def _links(self, incident: Incident) -> tuple[tuple[str, str], ...]:
@@ -196,16 +231,18 @@ class Incidents:
         incident.acked, incident.acked_by = now, actor
         return incident, [self._alert(incident, "acknowledge")] if page else []
 
-    def mitigated(self, store: Store, what: str, now: float) -> list[Alert]:
-        """Mirroring paused or dialled to 0 (`what`, with who): every open incident is
-        mitigated, and resolved, since no more evidence comes."""
-        self.mitigated_at = now
+    def mitigated(self, store: Store, state: Fleet) -> list[Alert]:
+        """Every proxy of the run mirrors nothing (paused, dialled to 0): the open incidents
+        are mitigated then, and resolved, since no more evidence comes."""
+        if not state.mitigated:
+            return []
         open_ = store.incidents(self.run, open_only=True)
         for i in open_:
-            store.update_incident(self.run, i.key, i.seq, "mitigated", now, what)
-        return self._resolve(store, open_, now, f"mitigated: {what}")
+            store.update_incident(self.run, i.key, i.seq, "mitigated", state.since, state.why)
+        return self._resolve(store, open_, state.since, f"mitigated: {state.why}")
 
     def ended(self, store: Store, now: float) -> list[Alert]:
+        """The last proxy of the run stops: its open incidents resolve."""
         return self._resolve(store, store.incidents(self.run, open_only=True), now, "the run ended")
 
     def sent(self, store: Store, alert: Alert, at: float) -> None:

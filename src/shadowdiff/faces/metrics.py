@@ -103,8 +103,10 @@ class _Books(Collector):
             "Alert and incident deliveries, by destination (team/kind) and outcome.",
             labels=["destination", "outcome"],
         )
-        for name, value in sorted(by_reason(counts, "deliveries").items()):
-            outcome, _, destination = name.partition(".")
+        for key, value in sorted(counts.items()):  # zeros too: each child from the start
+            if not key.startswith("deliveries."):
+                continue
+            outcome, _, destination = key.removeprefix("deliveries.").partition(".")
             deliveries.add_metric([destination, outcome], value)
         yield deliveries
         g = self.gauges

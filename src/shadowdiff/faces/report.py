@@ -22,6 +22,8 @@ import orjson
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
+from shadowdiff.model import span
+
 if TYPE_CHECKING:  # the judge package imports scipy: not at the worker's start
     from shadowdiff.judge.schema import CheckRow, Example, Extras, RouteRow, VerdictDocument
 
@@ -79,12 +81,6 @@ def md_escape(value: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
-
-
 def _md_incidents(doc: VerdictDocument) -> list[str]:
     """The incidents and their response times, for the release ticket."""
     found = doc.get("incidents", [])
@@ -96,7 +92,7 @@ def _md_incidents(doc: VerdictDocument) -> list[str]:
         times = [d["detect"], d["acknowledge"], d["mitigate"], d["resolve"]]
         rows.append(
             [i["key"][:12], i["route"], i["check"], i["team"] or "—", i["severity"]]
-            + [_seconds(t) for t in times]
+            + [span(t) for t in times]
             + [i["resolved_why"] or "open"]
         )
     header = ["incident", "route", "check", "team", "severity", "detect", "acknowledge"]
@@ -250,7 +246,7 @@ def render_html(doc: VerdictDocument, extras: Extras) -> str:
             series=SERIES,
             fmt_num=_num,
             fmt_time=_time,
-            fmt_seconds=_seconds,
+            fmt_seconds=span,
             fmt_pct=_pct,
             fmt_ms=_ms,
             fmt_ratio=_ratio,

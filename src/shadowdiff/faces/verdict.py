@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shadowdiff.compare import Redactor
 from shadowdiff.config import Config
 from shadowdiff.faces.alerts import Alert, Alerter
-from shadowdiff.faces.incidents import Incidents, silenced
-from shadowdiff.judge.window import Readings, reading  # no scipy in this one
+from shadowdiff.faces.incidents import Incidents, fleet, silenced
+from shadowdiff.judge.window import Reading, Readings, reading  # no scipy in this one
 from shadowdiff.model import Incident
 from shadowdiff.store import Store, open_store
 
@@ -48,6 +48,9 @@ MAX_PENDING = 4
 """Distinct routes judged or waiting for the verdict thread at once (the whole run's verdict
 always gets its turn); beyond, callers are told to come back (`Busy`)."""
 RETRY_AFTER = str(math.ceil(FRESH))
+LAST_WORDS = 0.5
+"""Seconds a stopping proxy gives the others of its run to say they stop too, before it
+decides whether it is the last (and the run has ended)."""
 """What a busy server tells a caller to wait, in seconds (a Retry-After header)."""
 
 
@@ -60,9 +63,14 @@ class Busy(RuntimeError):
 
 
 class LiveVerdict:
-    def __init__(self, cfg: Config, alerter: Alerter) -> None:
+    def __init__(self, cfg: Config, alerter: Alerter, instance: str = "") -> None:
         self.cfg = cfg
         self.alerter = alerter
+        self.instance = instance
+        self.stopped: Callable[[], tuple[float, str] | None] = lambda: None
+        """Since when and why this proxy mirrors nothing, if so (the worker's switch)."""
+        self.reset_at = 0.0
+        """The last fleet-wide mitigation, after which the incidents' window started again."""
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict")
         # the route list is read beside the judgements, so an unknown route needs no wait
         self.lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verdict-routes")
@@ -163,32 +171,55 @@ class LiveVerdict:
         if not self.alerter.destinations:
             return
         try:
-            await self._in_thread(
-                lambda: self.readings.window(
-                    self._store(), reading(self._store(), self.cfg.run, time.time())
-                )
-            )
+            await self._in_thread(self._reading)
         except Exception as e:  # the first tick starts the window then
             logger.error("cannot read the run's aggregates: %s", e)
 
+    def _reading(self) -> Reading:
+        store = self._store()
+        now = reading(store, self.cfg.run, time.time())
+        self.readings.window(store, now)
+        return now
+
     def _incident_tick(self) -> list[Alert]:
+        """One judgement of the incidents: the fleet's state first (a mitigation resolves
+        them, and the window starts again after it), then the window's checks."""
         from shadowdiff.judge import window_verdict  # scipy, as in _document
 
-        store, now = self._store(), time.time()
-        window = self.readings.window(store, reading(store, self.cfg.run, now))
+        store, at = self._store(), time.time()
+        store.heartbeat(self.cfg.run, self.instance, at, self.stopped())
+        state = fleet(store.proxies(self.cfg.run, at - self._alive()))
+        if state.mitigated:
+            if state.since > self.reset_at:  # evidence from before it is what was mitigated
+                self.readings, self.reset_at = Readings(self.cfg.incidents.window), state.since
+            return self.incidents.mitigated(store, state)
+        now = reading(store, self.cfg.run, at)
+        window = self.readings.window(store, now)
         verdict = window_verdict(store, window, self.cfg.run, self.cfg)
-        return self.incidents.judged(store, verdict.checks, window.base.at, now)
+        return self.incidents.judged(store, verdict.checks, window.base.at, at, now.routes)
+
+    def _alive(self) -> float:
+        """Seconds since its last heartbeat within which a proxy counts as one of the run's."""
+        return 3 * self.cfg.control.verdict_every + 2.0
 
     async def _silences(self) -> None:
         """An Alertmanager silence over an open incident's alert acknowledges it."""
         open_ = await self.incident_list(open_only=True)
         if not open_ or not self.alerter.alertmanagers:
             return
-        for silence in await self.alerter.silences():
-            for incident in open_:
-                if incident.acked is None and silenced(incident, self.cfg.run, silence):
-                    who = str(silence.get("createdBy") or "someone")[:80]
-                    await self.ack(incident.key, f"{who} (an Alertmanager silence)", page=True)
+        found = await self.alerter.silences()
+        run = self.cfg.run
+
+        def matched() -> list[tuple[Incident, str]]:  # regexes: off the loop
+            return [
+                (i, str(s.get("createdBy") or "someone")[:80])
+                for s in found
+                for i in open_
+                if i.acked is None and silenced(i, run, s)
+            ]
+
+        for incident, who in await self._in_thread(matched):
+            await self.ack(incident.key, f"{who} (an Alertmanager silence)", page=True)
 
     def _fire(self, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -204,45 +235,49 @@ class LiveVerdict:
         self._fire(alerts)
         return incident
 
-    def mitigate(self, actor: str, what: str) -> None:
-        """Mirroring was paused or dialled to 0 (by the switch, on the loop): the open
-        incidents are mitigated, in the verdict thread, without holding the caller."""
-        at = time.time()
-        task = asyncio.ensure_future(
-            self._in_thread(
-                lambda: self.incidents.mitigated(self._store(), f"{what} by {actor}", at)
-            )
-        )
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
+    def mitigate(self) -> None:
+        """This proxy stopped mirroring (the switch, on the loop): the incidents are judged
+        at once, in the verdict thread, without holding the caller."""
+        if self.alerter.destinations:
+            self._background(self._incident_tick)
 
     def sent(self, alert: Alert, at: float) -> None:
         """The alerter delivered `alert` (on the loop): a trigger's moment is kept."""
-        if alert.incident is None or alert.action != "trigger":
-            return
-        task = asyncio.ensure_future(
-            self._in_thread(lambda: self.incidents.sent(self._store(), alert, at))
-        )
+        if alert.incident is not None:
+            self._background(lambda: self.incidents.sent(self._store(), alert, at))
+
+    def _background(self, fn: Callable[[], list[Alert] | None]) -> None:
+        task = asyncio.ensure_future(self._in_thread(fn))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Future[Any]) -> None:
+    def _done(self, task: asyncio.Future[list[Alert] | None]) -> None:
         self.tasks.discard(task)
         if task.cancelled():
             return
         if task.exception() is not None:
-            logger.error("cannot record an incident's moment: %s", task.exception())
-        elif isinstance(task.result(), list):
-            self._fire(task.result())
+            logger.error("cannot judge the run's incidents: %s", task.exception())
+        else:
+            self._fire(task.result() or [])
 
     async def end(self) -> None:
-        """The run ends here (the proxy stops): its open incidents resolve."""
+        """This proxy stops: once no other proxy of the run is left (they may be stopping
+        too: a moment for them to say so), the run has ended and its incidents resolve."""
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.alerter.destinations:
-            with contextlib.suppress(Exception):  # logged as the store's problem elsewhere
+        if not self.alerter.destinations:
+            return
+        run = self.cfg.run
+        try:
+            await self._in_thread(lambda: self._store().gone(run, self.instance))
+            await asyncio.sleep(LAST_WORDS)
+            if not await self._in_thread(
+                lambda: self._store().proxies(run, time.time() - self._alive())
+            ):
                 self._fire(
                     await self._in_thread(lambda: self.incidents.ended(self._store(), time.time()))
                 )
+        except Exception as e:  # the store's trouble is reported by the recorder too
+            logger.error("cannot resolve the run's incidents: %s", e)
 
     async def incident_list(self, open_only: bool = False) -> list[Incident]:
         return await self._in_thread(lambda: self._store().incidents(self.cfg.run, open_only))

@@ -20,14 +20,12 @@ if TYPE_CHECKING:
     )
     from shadowdiff.judge.evidence import document, shown_examples, window_verdict
     from shadowdiff.judge.noise import RouteFindings, findings, suggest_ignores
-    from shadowdiff.judge.window import Readings, reading
 
 __all__ = [
     "FAIL",
     "INCONCLUSIVE",
     "PASS",
     "JudgeConfig",
-    "Readings",
     "RouteData",
     "RouteFindings",
     "Verdict",
@@ -35,7 +33,6 @@ __all__ = [
     "duration",
     "findings",
     "judge",
-    "reading",
     "shown_examples",
     "suggest_ignores",
     "window_verdict",
@@ -55,7 +52,6 @@ __getattr__ = exports(
     {
         **dict.fromkeys(_CHECKS, "checks"),
         **dict.fromkeys(("document", "shown_examples", "window_verdict"), "evidence"),
-        **dict.fromkeys(("Readings", "reading"), "window"),
         **dict.fromkeys(("RouteFindings", "findings", "suggest_ignores"), "noise"),
     },
 )

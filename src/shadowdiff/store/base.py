@@ -162,6 +162,21 @@ class Store(AggregateReads, Protocol):
         and who or why (`by`), if it is not set yet; whether this call set it."""
         ...
 
+    def heartbeat(
+        self, run: str, instance: str, at: float, stopped: tuple[float, str] | None
+    ) -> None:
+        """A proxy of the run says it is alive at `at`, and since when and why it has stopped
+        mirroring (paused or dialled to 0), if it has."""
+        ...
+
+    def proxies(self, run: str, since: float) -> list[tuple[str, float | None, str | None]]:
+        """(instance, stopped since, why) of the run's proxies heard from since `since`."""
+        ...
+
+    def gone(self, run: str, instance: str) -> None:
+        """A proxy of the run stops: it is no longer one of its proxies."""
+        ...
+
     def incidents(self, run: str, open_only: bool = False) -> list[Incident]:
         """The run's incidents (or only those still open), oldest first."""
         ...
@@ -237,9 +252,11 @@ class Backend(ABC):
     def close(self) -> None: ...
 
     @abstractmethod
-    def _change(self, statements: list[tuple[str, Sequence[object]]]) -> int:
+    def _change(
+        self, statements: list[tuple[str, Sequence[object]]], unbounded: bool = False
+    ) -> int:
         """Runs the statements (SQL with `?` placeholders) in one write transaction; the rows
-        they changed."""
+        they changed. `unbounded`: without the statement time limit (a long run's delete)."""
 
     def _as_text(self, value: str) -> str:
         """A run, instance or flow id to look up, as the backend writes it (here: `clean`, so
@@ -330,7 +347,10 @@ class Backend(ABC):
 
     def delete_run(self, run: str) -> None:
         tables = sorted(t for t in TABLES if t != "meta")
-        self._change([(f"DELETE FROM {t} WHERE run = ?", (self._as_text(run),)) for t in tables])
+        self._change(
+            [(f"DELETE FROM {t} WHERE run = ?", (self._as_text(run),)) for t in tables],
+            unbounded=True,
+        )
 
     def prune(self, run: str, keep: int) -> None:
         run = self._as_text(run)
@@ -348,7 +368,8 @@ class Backend(ABC):
                     (run, *args),
                 ),
                 (f"DELETE FROM exchanges WHERE {doomed}", args),
-            ]
+            ],
+            unbounded=True,
         )
 
     def counts(self, run: str) -> dict[str, int]:
@@ -500,7 +521,7 @@ class Backend(ABC):
 
     def open_incident(self, incident: Incident) -> Incident | None:
         i, run = incident, self._as_text(incident.run)
-        text = (i.key, self._as_key(i.route), i.check, i.team, i.severity, clean(i.summary))
+        text = (i.key, self._as_key(i.route), i.check, i.team, i.severity, self._as_text(i.summary))
         args = (run, *text, i.started, i.opened)
         opened = self._change(
             [
@@ -515,7 +536,10 @@ class Backend(ABC):
         )
         if not opened:
             return None
-        return next(x for x in self.incidents(incident.run, open_only=True) if x.key == i.key)
+        # None in the rare case another proxy resolved it already (a mitigation)
+        return next(
+            (x for x in self.incidents(incident.run, open_only=True) if x.key == i.key), None
+        )
 
     def update_incident(
         self, run: str, key: str, seq: int, field: str, at: float, by: str | None = None
@@ -523,17 +547,52 @@ class Backend(ABC):
         who = {"acked": "acked_by", "mitigated": "mitigated_by", "resolved": "resolved_why"}
         if field not in ("alerted", *who):
             raise ValueError(f"no such moment of an incident: {field}")
-        extra, args = (f", {who[field]} = ?", [at, by]) if field in who else ("", [at])
+        text = None if by is None else self._as_text(by)  # an actor's name: from a header
+        extra, args = (f", {who[field]} = ?", [at, text]) if field in who else ("", [at])
         return bool(
             self._change(
                 [
                     (
                         f"UPDATE incidents SET {field} = ?{extra} WHERE run = ? AND key = ?"
                         f" AND seq = ? AND {field} IS NULL",
-                        (*args, run, key, seq),
+                        (*args, self._as_text(run), key, seq),
                     )
                 ]
             )
+        )
+
+    def heartbeat(
+        self, run: str, instance: str, at: float, stopped: tuple[float, str] | None
+    ) -> None:
+        when, why = stopped if stopped else (None, None)
+        self._change(
+            [
+                (
+                    "INSERT INTO proxies (run, instance, seen, stopped, stopped_why)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run, instance) DO UPDATE SET"
+                    " seen = excluded.seen, stopped = excluded.stopped,"
+                    " stopped_why = excluded.stopped_why",
+                    (self._as_text(run), self._as_text(instance), at, when, why),
+                )
+            ]
+        )
+
+    def proxies(self, run: str, since: float) -> list[tuple[str, float | None, str | None]]:
+        rows = self._all(
+            "SELECT instance, stopped, stopped_why FROM proxies WHERE run = ? AND seen >= ?"
+            " ORDER BY instance",
+            (self._as_text(run), since),
+        )
+        return [(instance, stopped, why) for instance, stopped, why in rows]
+
+    def gone(self, run: str, instance: str) -> None:
+        self._change(
+            [
+                (
+                    "DELETE FROM proxies WHERE run = ? AND instance = ?",
+                    (self._as_text(run), self._as_text(instance)),
+                )
+            ]
         )
 
     def incidents(self, run: str, open_only: bool = False) -> list[Incident]:

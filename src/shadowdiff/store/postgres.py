@@ -314,9 +314,12 @@ class PostgresStore(Backend):
     def close(self) -> None:
         self.pool.close()
 
-    def _change(self, statements: list[tuple[str, Sequence[object]]]) -> int:
+    def _change(
+        self, statements: list[tuple[str, Sequence[object]]], unbounded: bool = False
+    ) -> int:
         with self._transaction() as conn:
-            conn.execute("SET LOCAL statement_timeout = 0")  # a long run takes its time
+            if unbounded:  # a long run takes its time
+                conn.execute("SET LOCAL statement_timeout = 0")
             return sum(conn.execute(_placeholders(sql), args).rowcount for sql, args in statements)
 
     def _write(self, batch: Batch) -> None:

@@ -31,7 +31,7 @@ MIGRATES_FROM = ("2", "3", "4")
 """Older versions this one upgrades in place: version 3 added the events table, version 4 the
 aggregates (`route_stats`, `route_statuses`, `path_stats`, `signatures`, `latency_sample`),
 computed from the stored exchanges and divergences (`aggregates.migrate`), version 5 the
-incidents table (created empty)."""
+incidents and proxies tables (created empty) and the `exchanges_route_ts` index."""
 WITHOUT_AGGREGATES = ("2", "3")
 """The versions whose aggregates a migration computes."""
 
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS exchanges (
 );
 CREATE INDEX IF NOT EXISTS exchanges_run_route ON exchanges (run, route);
 CREATE INDEX IF NOT EXISTS exchanges_flow ON exchanges (run, instance, flow_id);
+CREATE INDEX IF NOT EXISTS exchanges_route_ts ON exchanges (run, route, ts);
 CREATE TABLE IF NOT EXISTS divergences (
     run TEXT NOT NULL,
     instance TEXT NOT NULL,
@@ -167,6 +168,14 @@ CREATE TABLE IF NOT EXISTS incidents (
     PRIMARY KEY (run, key, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (run, key) WHERE resolved IS NULL;
+CREATE TABLE IF NOT EXISTS proxies (
+    run TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    seen REAL NOT NULL,
+    stopped REAL,
+    stopped_why TEXT,
+    PRIMARY KEY (run, instance)
+);
 """
 
 

@@ -192,7 +192,9 @@ class SQLiteStore(Backend):
             )
         self.aggregates.committed()
 
-    def _change(self, statements: list[tuple[str, Sequence[object]]]) -> int:
+    def _change(
+        self, statements: list[tuple[str, Sequence[object]]], unbounded: bool = False
+    ) -> int:
         with _translated(), self.db:
             return sum(self.db.execute(sql, args).rowcount for sql, args in statements)
 

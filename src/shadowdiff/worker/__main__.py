@@ -72,9 +72,10 @@ async def serve(sock: socket.socket) -> int:
         return 2
     alerter = Alerter(cfg.alerts, cfg.run, worker.counts, teams=teams)
     switch = worker.switch = Switch(cfg, setup.control, reader.send, alerter)
-    live = LiveVerdict(cfg, alerter)
+    live = LiveVerdict(cfg, alerter, worker.instance)
     alerter.on_sent = live.sent
     switch.on_mitigation = live.mitigate
+    live.stopped = lambda: switch.stopped
     if not setup.generation:  # a change event: the run (re)starts here
         switch.events.append(Event(time.time(), "started", "proxy", "", worker.instance))
         alerter.fire(

@@ -35,8 +35,12 @@ class Switch:
         self.alerter = alerter
         self.events: list[Event] = []
         self.recent: deque[bool] = deque(maxlen=cfg.alerts.auto_pause.window)
-        self.on_mitigation: Callable[[str, str], None] = lambda actor, what: None
-        """Told (actor, what) when mirroring stops: paused, or dialled to 0."""
+        self.on_mitigation: Callable[[], None] = lambda: None
+        """Told when mirroring stops here: paused, or dialled to 0 (see `stopped`)."""
+        self.stopped: tuple[float, str] | None = None
+        """Since when and why this proxy mirrors nothing (paused or dialled to 0), if so."""
+        if control.paused or self.rate == 0:  # as the worker before this one left it
+            self.stopped = (time.time(), "mirroring paused" if control.paused else "rate 0")
 
     # -- the switch and the dial -----------------------------------------------------------
 
@@ -76,8 +80,6 @@ class Switch:
                     change=True,
                 )
             )
-            if new.paused:
-                self.on_mitigation(actor, "mirroring paused")
         if self.rate != old_rate:
             self.events.append(Event(now, "sample_rate", actor, f"{old_rate:g}", f"{self.rate:g}"))
             logger.warning("sample rate %g → %g by %s", old_rate, self.rate, actor)
@@ -92,8 +94,13 @@ class Switch:
                     message=False,
                 )
             )
-            if self.rate == 0 and not new.paused:
-                self.on_mitigation(actor, "sample rate dialled to 0")
+        was = self.stopped
+        if not (new.paused or self.rate == 0):
+            self.stopped = None
+        elif was is None:
+            what = "mirroring paused" if new.paused else "sample rate dialled to 0"
+            self.stopped = (now, f"{what} by {actor}")
+            self.on_mitigation()
         return new
 
     def state(self) -> dict[str, Any]:
