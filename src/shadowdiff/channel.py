@@ -69,6 +69,9 @@ class TapCounts:
 
     instance: str
     counts: dict[str, int]
+    ending: bool = False
+    """Set on the last record when the proxy process ends (not a script reload, whose next
+    worker goes on with the run)."""
 
 
 @dataclass(frozen=True, slots=True)

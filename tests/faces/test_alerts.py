@@ -376,3 +376,30 @@ async def test_no_webhooks_is_silent():
     assert alerter.fire(route_fail()) is False
     await alerter.close(1)
     assert totals(alerter) == {}
+
+
+async def test_an_incidents_messages_keep_their_order_through_retries(
+    receiver: StartReceiver, make_alerter: MakeAlerter
+):
+    """A trigger answered 503 first waits out its backoff; the update and the resolve fired
+    after it, taken by other senders meanwhile, wait for it, in order, and every sender
+    lives on (the second review: a lock dropped while a woken waiter still needed it)."""
+    from shadowdiff.model import Incident
+
+    hook = await receiver(503, 200)
+    alerter = await make_alerter((hook.url, "generic"), backoff=0.2)
+    incident = Incident("r", "k" * 40, 1, "GET /a", "divergence_rate", "", "error", "s", 1, 2)
+    for action in ("trigger", "update", "resolve", "trigger"):
+        assert alerter.fire(Alert("route_fail", "GET /a", action, {}, incident, action))
+    await until(lambda: len(hook.seen) == 5)
+    assert [body["action"] for _, _, body in hook.seen] == [
+        "trigger",  # 503
+        "trigger",
+        "update",
+        "resolve",
+        "trigger",
+    ]
+    assert all(not task.done() for task in alerter._senders)
+    assert alerter._order == {}
+    await alerter.close(1)
+    assert totals(alerter) == {"alerts.sent": 4}

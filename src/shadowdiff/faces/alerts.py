@@ -127,9 +127,10 @@ class Alerter:
         for lane in self._lanes:  # exported from 0, so that the first failure is an increase
             for outcome in ("sent", "failed", "dropped"):
                 self.counts[f"deliveries.{outcome}.{lane.name}"] += 0
-        self._order: dict[tuple[str, str], asyncio.Lock] = {}
-        """Per destination and incident: its messages go out one after the other, in the
-        order fired (a trigger in backoff is never overtaken by its resolve)."""
+        self._order: dict[tuple[str, str], tuple[asyncio.Lock, list[None]]] = {}
+        """Per destination and incident: a lock, so its messages go out one after the other
+        in the order fired (a trigger in backoff is never overtaken by its resolve), and its
+        users (the lock goes once the last is done: a woken waiter still needs it)."""
         self._last: dict[tuple[str, str], float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._senders: list[asyncio.Task[None]] = []
@@ -246,8 +247,15 @@ class Alerter:
                 if key is None:
                     await self._deliver(session, lane, alert, at)
                 else:  # taken at once after get(): senders queue on it in the queue's order
-                    async with self._order.setdefault(key, asyncio.Lock()):
-                        await self._deliver(session, lane, alert, at)
+                    lock, users = self._order.setdefault(key, (asyncio.Lock(), []))
+                    users.append(None)
+                    try:
+                        async with lock:
+                            await self._deliver(session, lane, alert, at)
+                    finally:
+                        users.pop()
+                        if not users:
+                            del self._order[key]
             except asyncio.CancelledError:  # close() gave up on this one
                 self._count(lane, "dropped")
                 raise
@@ -256,8 +264,6 @@ class Alerter:
                 logger.warning("alert %s to %s not sent: %s", alert.event, lane.name, e)
             finally:
                 lane.queue.task_done()
-                if key is not None and not self._order[key].locked():
-                    del self._order[key]
 
     async def _deliver(
         self, session: aiohttp.ClientSession, lane: _Lane, alert: Alert, at: float

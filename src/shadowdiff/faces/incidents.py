@@ -121,7 +121,12 @@ class Incidents:
         `routes`: the run's routes (an open incident of a route merged into another since is
         resolved)."""
         open_ = {i.key: i for i in store.incidents(self.run, open_only=True)}
-        gone = [i for i in open_.values() if i.route not in set(routes)]
+        known = set(routes)  # an incident opened since the reading: asked again
+        gone = [
+            i
+            for i in open_.values()
+            if i.route not in known and not store.routes(self.run, i.route)
+        ]
         alerts = self._resolve(store, gone, now, "its route was merged into another")
         for c in checks:
             if c.route == "*":

@@ -48,10 +48,13 @@ MAX_PENDING = 4
 """Distinct routes judged or waiting for the verdict thread at once (the whole run's verdict
 always gets its turn); beyond, callers are told to come back (`Busy`)."""
 RETRY_AFTER = str(math.ceil(FRESH))
+"""What a busy server tells a caller to wait, in seconds (a Retry-After header)."""
 LAST_WORDS = 0.5
 """Seconds a stopping proxy gives the others of its run to say they stop too, before it
 decides whether it is the last (and the run has ended)."""
-"""What a busy server tells a caller to wait, in seconds (a Retry-After header)."""
+ALIVE = 30.0
+"""Seconds since its last heartbeat within which a proxy counts as one of the run's, at
+least (a busy verdict thread may hold a heartbeat for a few seconds)."""
 
 
 class UnknownRoute(LookupError):
@@ -176,16 +179,15 @@ class LiveVerdict:
             logger.error("cannot read the run's aggregates: %s", e)
 
     def _reading(self) -> Reading:
-        store = self._store()
-        now = reading(store, self.cfg.run, time.time())
+        store, at = self._store(), time.time()
+        store.heartbeat(self.cfg.run, self.instance, at, self.stopped())  # one of the run's
+        now = reading(store, self.cfg.run, at)
         self.readings.window(store, now)
         return now
 
     def _incident_tick(self) -> list[Alert]:
         """One judgement of the incidents: the fleet's state first (a mitigation resolves
         them, and the window starts again after it), then the window's checks."""
-        from shadowdiff.judge import window_verdict  # scipy, as in _document
-
         store, at = self._store(), time.time()
         store.heartbeat(self.cfg.run, self.instance, at, self.stopped())
         state = fleet(store.proxies(self.cfg.run, at - self._alive()))
@@ -193,6 +195,8 @@ class LiveVerdict:
             if state.since > self.reset_at:  # evidence from before it is what was mitigated
                 self.readings, self.reset_at = Readings(self.cfg.incidents.window), state.since
             return self.incidents.mitigated(store, state)
+        from shadowdiff.judge import window_verdict  # scipy, as in _document
+
         now = reading(store, self.cfg.run, at)
         window = self.readings.window(store, now)
         verdict = window_verdict(store, window, self.cfg.run, self.cfg)
@@ -200,7 +204,7 @@ class LiveVerdict:
 
     def _alive(self) -> float:
         """Seconds since its last heartbeat within which a proxy counts as one of the run's."""
-        return 3 * self.cfg.control.verdict_every + 2.0
+        return max(3 * self.cfg.control.verdict_every + 2.0, ALIVE)
 
     async def _silences(self) -> None:
         """An Alertmanager silence over an open incident's alert acknowledges it."""
@@ -260,15 +264,18 @@ class LiveVerdict:
         else:
             self._fire(task.result() or [])
 
-    async def end(self) -> None:
-        """This proxy stops: once no other proxy of the run is left (they may be stopping
-        too: a moment for them to say so), the run has ended and its incidents resolve."""
+    async def end(self, ending: bool) -> None:
+        """This worker stops. `ending`: so does its proxy (not a script reload, whose next
+        worker goes on); once no other proxy of the run is left (they may be stopping too:
+        a moment for them to say so), the run has ended and its incidents resolve."""
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if not self.alerter.destinations:
             return
         run = self.cfg.run
         try:
             await self._in_thread(lambda: self._store().gone(run, self.instance))
+            if not ending:
+                return
             await asyncio.sleep(LAST_WORDS)
             if not await self._in_thread(
                 lambda: self._store().proxies(run, time.time() - self._alive())

@@ -257,7 +257,7 @@ class ShadowDiff:
         self.ticker = self.restart = None
         if self.writer is not None and self.worker is not None and self.cfg is not None:
             self.pending.clear()  # the worker counts what it holds without a primary result
-            self.writer.close(last=TapCounts(self.instance, dict(self.counts)))
+            self.writer.close(last=TapCounts(self.instance, dict(self.counts), ending=wait))
             stopping = _Stopping(self.worker, self.writer, self.cfg.mirror.grace)
             _stopping.append(stopping)
             self.writer.ended.add_done_callback(lambda _: stopping.reap())

@@ -572,7 +572,13 @@ class Backend(ABC):
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run, instance) DO UPDATE SET"
                     " seen = excluded.seen, stopped = excluded.stopped,"
                     " stopped_why = excluded.stopped_why",
-                    (self._as_text(run), self._as_text(instance), at, when, why),
+                    (
+                        self._as_text(run),
+                        self._as_text(instance),
+                        at,
+                        when,
+                        why and self._as_text(why),
+                    ),
                 )
             ]
         )

@@ -120,7 +120,7 @@ async def serve(sock: socket.socket) -> int:
     stop.set()
     await flusher
     await watcher
-    await live.end()
+    await live.end(worker.ending)
     final, _ = await asyncio.gather(worker.shutdown(), alerter.close(timeout=cfg.mirror.grace))
     await live.close()
     store.close()

@@ -39,8 +39,9 @@ class Switch:
         """Told when mirroring stops here: paused, or dialled to 0 (see `stopped`)."""
         self.stopped: tuple[float, str] | None = None
         """Since when and why this proxy mirrors nothing (paused or dialled to 0), if so."""
-        if control.paused or self.rate == 0:  # as the worker before this one left it
-            self.stopped = (time.time(), "mirroring paused" if control.paused else "rate 0")
+        if control.paused or control.rate == 0:  # as the worker before this one left it
+            what = "mirroring paused" if control.paused else "sample rate dialled to 0"
+            self.stopped = (time.time(), what)
 
     # -- the switch and the dial -----------------------------------------------------------
 
@@ -95,7 +96,7 @@ class Switch:
                 )
             )
         was = self.stopped
-        if not (new.paused or self.rate == 0):
+        if not (new.paused or new.rate == 0):  # the dial at 0 mirrors no route at all
             self.stopped = None
         elif was is None:
             what = "mirroring paused" if new.paused else "sample rate dialled to 0"

@@ -65,6 +65,8 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self.tap_counts: dict[str, int] = {}
         self.tap_seen_at = time.monotonic()
+        self.ending = False
+        """The tap's last record said the proxy process ends (not a script reload)."""
         self.batch: list[Exchange] = []
         self.batch_bytes = 0  # held_bytes of the batch: the recorder's budget covers it
         self.dirty = False
@@ -85,6 +87,7 @@ class Worker:
         elif isinstance(record, TapCounts):
             self.tap_counts = record.counts
             self.tap_seen_at = time.monotonic()
+            self.ending = record.ending
             self.dirty = True
 
     def on_request(self, request: RequestSnapshot) -> asyncio.Task[None] | None:
