@@ -156,7 +156,11 @@ async def test_dashboard_live_traffic_pause_and_dial(
 ) -> None:
     shadow.name = "shadow"  # its JSON bodies differ at $.by
     config = tmp_path / "shadowdiff.yaml"
-    config.write_text("judge:\n  min_pairs: 5\n")
+    config.write_text(  # incidents to a destination that refuses: they are kept all the same
+        "judge:\n  min_pairs: 5\ncontrol:\n  verdict_every: 1s\nincidents:\n"
+        "  default_owner: ops\n"
+        "  teams: {ops: {destinations: [{kind: generic, url: 'http://127.0.0.1:9/hook'}]}}\n"
+    )
     proxy = await start_proxy(
         f"--primary={primary.url}",
         f"--shadow={shadow.url}",
@@ -194,6 +198,18 @@ async def test_dashboard_live_traffic_pause_and_dial(
             assert "more pairs per route should decide" in (seen["deciding"] or "")
             assert seen["conn_hidden"] is True
             assert seen["pwned"] is False and seen["injected"] == 0
+            await page.wait_for(
+                """[...document.querySelectorAll("#incidents tbody tr")]
+                   .some((tr) => tr.textContent.includes("GET /users/{id}"))""",
+                timeout=20,
+            )
+            incidents = await page.evaluate(
+                '[...document.querySelectorAll("#incidents tbody tr")].map((tr) => tr.textContent)'
+            )
+            users = [t for t in incidents if "GET /users/{id}" in t and "divergence_rate" in t]
+            assert users and "open (error)" in users[0] and "first bad exchange" in users[0]
+            assert await page.evaluate('document.getElementById("incidents-empty").hidden')
+            assert await page.evaluate("window.pwned === undefined") is True
 
             await page.evaluate("window.scrollTo(0, 0)")
             shot = tmp_path / "dashboard.png"

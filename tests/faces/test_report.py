@@ -336,3 +336,36 @@ async def browse(page: Path, screenshot: Path, profile: Path) -> dict[str, Any]:
         await cdp.screenshot(screenshot)
         seen["errors"] = cdp.errors() + await cdp.csp_violations()
         return seen
+
+
+def test_reports_show_the_incidents_timeline_escaped() -> None:
+    from shadowdiff.model import Incident
+
+    incident = Incident(
+        "rc1",
+        "3f2a9c1b0e12" + "0" * 28,
+        2,
+        EVIL_ROUTE,
+        "divergence_rate",
+        "team-a",
+        "error",
+        "s",
+        100.0,
+        101.0,
+        alerted=101.5,
+        acked=104.0,
+        acked_by=f"ada {PWN}",
+        mitigated=106.0,
+        mitigated_by="mirroring paused by ops",
+        resolved=106.0,
+        resolved_why="mitigated: ops",
+    )
+    doc = {**make_doc(), "incidents": [incident.row()]}
+    html = render_html(doc, make_extras(doc, 10))
+    section = html[html.index('<h2 id="incidents">') :]
+    assert "3f2a9c1b0e12 #2" in section and "team-a" in section
+    assert ">1.5 s<" in section and ">2.5 s<" in section and ">6.0 s<" in section
+    assert "<script>document" not in html and "ada &lt;script&gt;" in section
+    md = render_markdown(doc)
+    assert "### Incidents" in md and "| 1.5 s | 2.5 s | 6.0 s | 6.0 s | mitigated: ops |" in md
+    assert "GET /a\\|b/\\<script\\>" in md

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 import orjson
-from helpers import free_port
+from helpers import free_port, until
 
 from conftest import LONG_LIST, Backend
 from shadowdiff.channel import Control, PrimaryResult, Setup, TapCounts
@@ -58,8 +58,11 @@ async def test_burst_waits_for_slots_then_overflow_is_dropped(tmp_path, shadow: 
         worker.on_record(snapshot(i))
     for i in range(6):
         worker.on_record(primary(i))
-    await asyncio.sleep(0.1)
+    # the first two arrive (however slow the machine); the next two only once those are
+    # answered, 0.2 s later
+    await until(lambda: len(shadow.seen) >= 2, timeout=5)
     assert len(shadow.seen) == 2  # two in flight, two waiting, two dropped
+    await until(lambda: len(shadow.seen) >= 4, timeout=5)
     await asyncio.sleep(0.3)
     assert len(shadow.seen) == 4
     counts = await finish(worker, {"seen": 6, "sampled": 6})
