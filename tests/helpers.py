@@ -17,11 +17,22 @@ if TYPE_CHECKING:
     from conftest import Receiver
 
 
+_GIVEN: set[int] = set()
+"""Ports handed out in this test process: the kernel may give a port just closed again, and
+a proxy told the same port twice (to listen on and for its control server) answers its
+clients from the wrong server."""
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on now (for a process that must be told its port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on now (for a process that must be told its port),
+    never one this process handed out before."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 async def until(condition: Any, timeout: float = 10.0, every: float = 0.02) -> None:
