@@ -83,6 +83,16 @@ class Control:
 
 
 @dataclass(frozen=True, slots=True)
+class Serving:
+    """Worker → tap: the release's stage (an index into `release.stages`) and its state as
+    the store holds it. The tap serves the stage's users from the candidate unless the state
+    is `rolled_back`."""
+
+    stage: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class Setup:
     """The first record on the channel: what the worker needs to know, including the
     switch and dial a restarted worker must keep.

@@ -110,6 +110,19 @@ Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 Method = Annotated[str, BeforeValidator(lambda v: str(v).upper())]
 
 
+def check_sticky_key(value: str | None) -> str | None:
+    """`header:NAME`, `cookie:NAME` or `query:NAME`: where a request's sticky key is."""
+    if value is None:
+        return None
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in ("header", "cookie", "query") or not name:
+        raise ValueError(f"{value!r} is not header:NAME, cookie:NAME or query:NAME")
+    return value
+
+
+StickyKey = Annotated[str | None, AfterValidator(check_sticky_key)]
+
+
 class Strict(BaseModel):
     """Unknown keys are errors: a typo must never silently fall back to a default. Every
     number is finite: YAML's `.inf` and `.nan` are floats, and no option means either."""
@@ -127,22 +140,12 @@ class RouteRule(Strict):
 
 class Sampling(Strict):
     rate: Rate = 0.1
-    sticky_key: str | None = None
+    sticky_key: StickyKey = None
     max_per_second: Annotated[float, Field(gt=0)] | None = None
     methods: list[Method] = ["GET", "HEAD", "OPTIONS"]
     include: list[str] = []
     exclude: list[str] = []
     routes: list[RouteRule] = []
-
-    @field_validator("sticky_key")
-    @classmethod
-    def _sticky_key(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        kind, sep, name = value.partition(":")
-        if not sep or kind not in ("header", "cookie", "query") or not name:
-            raise ValueError(f"{value!r} is not header:NAME, cookie:NAME or query:NAME")
-        return value
 
 
 class HeaderRewrites(Strict):
@@ -636,6 +639,114 @@ class Incidents(Strict):
         return self
 
 
+def check_matcher(value: str) -> str:
+    """A cohort matcher: `header:NAME=VALUE`, `cookie:NAME=VALUE` or `client:CIDR`."""
+    kind, sep, rest = value.partition(":")
+    if sep and kind == "client":
+        try:
+            ipaddress.ip_network(rest, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r}: {rest!r} is no address or network") from None
+        return value
+    name, eq, _ = rest.partition("=")
+    if not sep or kind not in ("header", "cookie") or not name or not eq:
+        raise ValueError(
+            f"{value!r} is not header:NAME=VALUE, cookie:NAME=VALUE or client:ADDRESS/BITS"
+        )
+    return value
+
+
+class Gate(Strict):
+    """What a stage waits for before the verdict may promote it: pairs compared in the stage
+    and time spent in it; `max_duration` bounds how long an INCONCLUSIVE verdict extends it
+    (default: four times `min_duration`)."""
+
+    min_pairs: Annotated[int, Field(ge=0)] = 100
+    min_duration: Duration = 60.0
+    max_duration: Duration | None = None
+
+    @property
+    def longest(self) -> float:
+        return self.max_duration if self.max_duration is not None else 4 * self.min_duration
+
+
+class Cohort(Gate):
+    """The users a cohort stage serves from the candidate: any matcher that matches."""
+
+    match: list[Annotated[str, AfterValidator(check_matcher)]] = Field(min_length=1)
+
+
+class Percent(Gate):
+    """A sticky share of everyone, in per cent."""
+
+    share: Annotated[float, Field(gt=0.0, le=100.0)]
+
+
+def _percent(value: Any) -> Any:
+    """`percent: 5` is `percent: {share: 5}`."""
+    return {"share": value} if isinstance(value, int | float) else value
+
+
+class Stage(Strict):
+    """One step of a release: exactly one of `shadow`, `cohort`, `percent`."""
+
+    shadow: Gate | None = None
+    cohort: Cohort | None = None
+    percent: Annotated[Percent | None, BeforeValidator(_percent)] = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if sum(x is not None for x in (self.shadow, self.cohort, self.percent)) != 1:
+            raise ValueError("a stage is exactly one of shadow, cohort or percent")
+        return self
+
+    @property
+    def kind(self) -> Literal["shadow", "cohort", "percent"]:
+        return "shadow" if self.shadow else "cohort" if self.cohort else "percent"
+
+    @property
+    def gate(self) -> Gate:
+        gate = self.shadow or self.cohort or self.percent
+        assert gate is not None
+        return gate
+
+    def name(self) -> str:
+        """As the events, the dashboard and `ctl release status` say it."""
+        if self.percent:
+            return f"percent {self.percent.share:g} %"
+        return self.kind
+
+
+class Release(Strict):
+    """The release plan: the stages from shadow to everyone, each gated by the verdict
+    (see the README's "Releasing")."""
+
+    candidate: Url | None = None
+    """The new version's base URL (default: the shadow)."""
+    sticky_key: StickyKey = None
+    """Where a user's key is: the same key is served by the same side for the whole release;
+    a request without one is bucketed at random."""
+    stages: list[Stage] = Field(min_length=1)
+    promote: Literal["auto", "manual"] = "auto"
+    on_fail: Literal["rollback", "hold"] = "rollback"
+    on_inconclusive: Literal["extend", "hold"] = "extend"
+    writes: list[str] = []
+    """Globs over `METHOD /path` of the unsafe requests the candidate may serve (never
+    retried); every other unsafe request is served by the primary."""
+    timeout: Duration = 2.0
+    """The longest the candidate may take on a safe request before the primary serves it."""
+    poll: Duration = 0.5
+    """How often each proxy reads the release's state from the store (a fleet agrees
+    within it)."""
+
+    @model_validator(mode="after")
+    def _growing(self) -> Self:
+        shares = [s.percent.share for s in self.stages if s.percent]
+        if shares != sorted(shares):
+            raise ValueError("percent stages must not shrink (a user served once stays)")
+        return self
+
+
 class Config(Strict):
     run: str = "default"
     primary: Url | None = None
@@ -660,6 +771,21 @@ class Config(Strict):
     control: Control = Control()
     alerts: Alerts = Alerts()
     incidents: Incidents = Incidents()
+    release: Release | None = None
+
+    @model_validator(mode="after")
+    def _servable(self) -> Self:
+        serving = self.release and any(s.kind != "shadow" for s in self.release.stages)
+        if serving and not self.primary:
+            raise ValueError(
+                "release: serving the candidate needs the primary's URL (reverse mode, or "
+                "`primary`), which gets the copies of what the candidate serves"
+            )
+        return self
+
+    def candidate(self) -> str:
+        """The new version's base URL: the release's candidate, or the shadow."""
+        return (self.release.candidate if self.release else None) or self.shadow
 
     @field_validator("run")
     @classmethod

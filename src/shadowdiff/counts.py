@@ -3,9 +3,14 @@
     seen    = not_eligible.* + not_sampled.* + sampled
     sampled = recorded + dropped.*
 
-The tap owns seen, not_eligible, not_sampled, sampled and the drops at hand-off; the worker
-owns recorded and the drops after it received a snapshot. Names are disjoint, so the store
-can simply add them up.
+With a release, who served each request is counted too (a fallback is a safe request the
+candidate failed, served by the primary):
+
+    seen    = served.primary + served.candidate,   fallback.* ⊆ served.primary
+
+The tap owns seen, not_eligible, not_sampled, sampled, served, fallback and the drops at
+hand-off; the worker owns recorded and the drops after it received a snapshot. Names are
+disjoint, so the store can simply add them up.
 
 Reasons that say whose fault a missing exchange is, apart from the shadow's errors:
 `not_eligible.bad_header` (a control byte in a header name or value: no HTTP client sends
@@ -49,6 +54,11 @@ def imbalance(counts: dict[str, int]) -> list[str]:
     fate = counts.get("recorded", 0) + total(counts, "dropped")
     if sampled != fate:
         problems.append(f"sampled {sampled} != recorded + dropped {fate}")
+    served = total(counts, "served")
+    if served and seen != served:  # a release counts who served every request
+        problems.append(f"seen {seen} != served.primary + served.candidate {served}")
+    if total(counts, "fallback") > counts.get("served.primary", 0):
+        problems.append("more fallbacks than requests the primary served")
     return problems
 
 

@@ -33,6 +33,12 @@ class RequestSnapshot:
     headers: Headers
     body: bytes
     timestamp: float
+    candidate: Outcome | None = None
+    """The candidate's answer when the tap asked it itself (a release stage serves this
+    request from the candidate): no copy goes to the shadow then."""
+    served: bool = False
+    """The candidate's answer went to the client; the primary gets a copy instead. False
+    with a `candidate`: it failed, and the primary served the request (a fallback)."""
 
 
 @dataclass(slots=True)
@@ -88,6 +94,29 @@ class Event:
     actor: str
     old: str
     new: str
+
+
+RUNNING, HELD, ROLLED_BACK, COMPLETE = "running", "held", "rolled_back", "complete"
+"""A release's states: judged and promoted when its gate is met; judged but waiting for a
+person (`promote` or `rollback`); rolled back (the primary serves everyone, for good); at
+its last stage with the gate met."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseState:
+    """Where a run's release is, as every proxy of the run reads it from the store."""
+
+    stage: int
+    state: str
+    since: float
+    """When the stage (or the state) began, epoch seconds."""
+    base: int
+    """The run's pairs compared when the stage began: the stage's own are those beyond."""
+    actor: str
+    why: str
+    version: int = 0
+    """Bumped by every change: a change is made only on the version it was decided on, so
+    two proxies deciding at once cannot both move the release."""
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ in a schema of its own (the URL's search_path), so no test sees another's data.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from shadowdiff.model import (
     Exchange,
     Incident,
     Outcome,
+    ReleaseState,
     RequestSnapshot,
     apply_merge,
 )
@@ -549,3 +551,24 @@ def test_write_speed(url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str
             "\nwrite speed, 10 batches of 500 exchanges: "
             + ", ".join(f"{name} {speed:,.0f} rows/s" for name, speed in speeds.items())
         )
+
+
+def test_two_proxies_move_a_release_once(url: str) -> None:
+    """The release's state on PostgreSQL: the first to start it wins, a change made on a
+    stale version is refused, and a rolled-back store migrated from version 5 keeps it."""
+    first = ReleaseState(0, "running", 1.0, 0, "proxy", "started")
+    with PostgresStore(url) as one, PostgresStore(url) as two:
+        assert one.move_release("r", first)
+        assert not two.move_release("r", dataclasses.replace(first, actor="other"))
+        state = two.release("r")
+        assert state == dataclasses.replace(first, version=1)
+        promoted = dataclasses.replace(state, stage=1, actor="ada\x00\udcff")
+        assert one.move_release("r", promoted)
+        assert not two.move_release("r", dataclasses.replace(state, state="rolled_back"))
+        now = one.release("r")
+        assert now is not None and (now.stage, now.version, now.actor) == (1, 2, "ada\\x00\\udcff")
+        assert one.release("other") is None
+    query(url, "DROP TABLE releases")
+    query(url, "UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    with PostgresStore(url, create=False) as store:
+        assert store.release("r") is None

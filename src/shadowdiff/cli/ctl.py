@@ -141,3 +141,41 @@ def ctl_ack(ctx: click.Context, key: str) -> None:
         f"acknowledged {incident['key']} ({incident['route']} {incident['check']},"
         f" team {incident['team'] or '-'}) as {incident['acked_by']}"
     )
+
+
+def _release_lines(state: dict[str, Any]) -> list[str]:
+    """`ctl release`'s answer: the stage, the shares served, what the gate waits for."""
+    if state.get("state") == "unknown":
+        return ["release: its state is not read yet"]
+    served = state["served"]
+    total = served["primary"] + served["candidate"] or 1
+    fallbacks = ", ".join(f"{k} {v}" for k, v in sorted(state["fallbacks"].items())) or "none"
+    stages = " → ".join(
+        f"[{name}]" if i == state["stage"] else name for i, name in enumerate(state["stages"])
+    )
+    return [
+        f"release: stage {state['stage'] + 1} of {len(state['stages'])}, {state['name']},"
+        f" {state['state'].replace('_', ' ')} ({state['why']}, by {state['actor']})",
+        f"  stages    {stages}",
+        f"  in stage  {state['in_stage']:.0f} s, {state['pairs_in_stage']} pairs,"
+        f" verdict {state['verdict']}",
+        f"  served    primary {served['primary']}, candidate {served['candidate']}"
+        f" ({served['candidate'] / total:.1%}); fallbacks {fallbacks}",
+        f"  waits for {state['waits_for']}",
+    ]
+
+
+@ctl.command("release")
+@click.argument("action", type=click.Choice(["status", "promote", "hold", "rollback"]))
+@click.pass_context
+def ctl_release(ctx: click.Context, action: str) -> None:
+    """Show the release (status) or move it: promote to the next stage, hold where it is,
+    roll back (the primary serves everyone from the next request). The state is in the
+    store: one proxy of a fleet is enough, the others follow within `release.poll`."""
+    urls, _ = ctx.obj
+    if action == "status":
+        state = _call(ctx, urls[0], "GET", "/api/release")
+    else:
+        state = _call(ctx, urls[0], "POST", f"/release/{action}")
+    for line in _release_lines(state):
+        click.echo(line)

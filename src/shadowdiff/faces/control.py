@@ -69,6 +69,13 @@ class Switch(Protocol):
     def dial(self, rate: float | None, actor: str) -> object: ...
 
 
+class Release(Protocol):
+    """The release controller, as the server drives it (the worker's `Rollout`)."""
+
+    def status(self) -> dict[str, Any]: ...
+    async def act(self, action: str, actor: str) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Sources:
     """What the server shows, as callables and objects handed in by the composition root:
@@ -79,6 +86,7 @@ class Sources:
     metrics: Metrics
     status: Callable[[], dict[str, Any]]
     health: Callable[[], dict[str, Any]]
+    release: Release | None = None
 
 
 _SOURCES: web.AppKey[Sources] = web.AppKey("sources")
@@ -317,6 +325,25 @@ async def _pagerduty(request: web.Request) -> web.Response:
     return _json({"acknowledged": acked.key if acked else None})
 
 
+async def _release(request: web.Request) -> web.Response:
+    release = request.app[_SOURCES].release
+    if release is None:
+        return _json({"error": "this run has no release plan (`release:` in the config)"}, 404)
+    return _json(release.status())
+
+
+async def _release_action(request: web.Request) -> web.Response:
+    """`POST /release/promote|hold|rollback`: a person moves the release (the token, as for
+    the kill switch); 409 with the reason when its state does not allow it."""
+    release = request.app[_SOURCES].release
+    if release is None:
+        return _json({"error": "this run has no release plan (`release:` in the config)"}, 404)
+    try:
+        return _json(await release.act(request.match_info["action"], _actor(request)))
+    except ValueError as e:  # the controller's Refused
+        return _json({"error": str(e)}, 409)
+
+
 async def _asset(request: web.Request) -> web.Response:
     name, kind = _ASSETS[request.path]
     text = resources.files("shadowdiff.faces").joinpath("dashboard", name).read_bytes()
@@ -334,12 +361,13 @@ def build(
     token: str | None,
     loopback: bool,
     hook_secret: str | None = None,
+    release: Release | None = None,
 ) -> web.Application:
     """`status` gives run, instance and counts; `health` the worker's health report.
     `loopback`: the server listens on loopback only, so only loopback names may ask.
     `hook_secret`: PagerDuty's webhooks sign with it instead of sending the token."""
     app = web.Application(middlewares=[_guard], client_max_size=MAX_HOOK)
-    app[_SOURCES] = Sources(switch, verdicts, metrics, status, health)
+    app[_SOURCES] = Sources(switch, verdicts, metrics, status, health, release)
     app[_TOKEN] = token
     app[_LOOPBACK] = loopback
     app[_HOOK_SECRET] = hook_secret
@@ -359,6 +387,8 @@ def build(
     app.router.add_get("/api/incidents", _incidents)
     app.router.add_post("/incidents/ack", _ack)
     app.router.add_post("/hooks/pagerduty", _pagerduty)
+    app.router.add_get("/api/release", _release)
+    app.router.add_post("/release/{action:promote|hold|rollback}", _release_action)
     return app
 
 

@@ -34,6 +34,32 @@ def sticky_fraction(key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def where(key: str | None) -> tuple[str, str] | None:
+    """A validated `header:NAME`, `cookie:NAME` or `query:NAME` as (kind, name)."""
+    if key is None:
+        return None
+    kind, _, name = key.partition(":")
+    return kind, name
+
+
+def lookup(where: tuple[str, str], query: str, header: Lookup) -> str | None:
+    """A request's value of a header, a cookie or a query parameter; None: it has none."""
+    kind, name = where
+    if kind == "header":
+        return header(name)
+    if kind == "query":
+        values = parse_qs(query).get(name) if query else None
+        return values[0] if values else None
+    raw = header("cookie")
+    if not raw:
+        return None
+    try:
+        morsel = SimpleCookie(raw).get(name)
+    except CookieError:
+        return None
+    return morsel.value if morsel else None
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     path: re.Pattern[str]
@@ -81,7 +107,7 @@ class Sampler:
             )
             for r in cfg.routes
         ]
-        self.sticky = cfg.sticky_key.split(":", 1) if cfg.sticky_key else None
+        self.sticky = where(cfg.sticky_key)
         self.cap = RateCap(cfg.max_per_second) if cfg.max_per_second else None
         self.random = (rng or random.Random()).random
         self.paused = False
@@ -103,27 +129,10 @@ class Sampler:
         rate = rule.rate if rule and rule.rate is not None else self.rate
         if self.dial is not None:
             rate = self.dial
-        key = self._sticky_value(query, header) if self.sticky else None
+        key = lookup(self.sticky, query, header) if self.sticky else None
         draw = sticky_fraction(key) if key is not None else self.random()
         if draw >= rate:
             return "rate"
         if self.cap and not self.cap.take():
             return "rate_cap"
         return None
-
-    def _sticky_value(self, query: str, header: Lookup) -> str | None:
-        assert self.sticky is not None
-        kind, name = self.sticky
-        if kind == "header":
-            return header(name)
-        if kind == "query":
-            values = parse_qs(query).get(name) if query else None
-            return values[0] if values else None
-        raw = header("cookie")
-        if not raw:
-            return None
-        try:
-            morsel = SimpleCookie(raw).get(name)
-        except CookieError:
-            return None
-        return morsel.value if morsel else None

@@ -21,11 +21,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import mode_specs
 
 from shadowdiff.channel import (
@@ -33,10 +35,12 @@ from shadowdiff.channel import (
     Control,
     Final,
     PrimaryResult,
+    Serving,
     Setup,
     TapCounts,
     Writer,
 )
+from shadowdiff.client import HOP_BY_HOP, Mirror, Unsendable
 from shadowdiff.config import (
     SHADOW_MARKER,
     Config,
@@ -47,6 +51,7 @@ from shadowdiff.config import (
 )
 from shadowdiff.counts import WORKER_RESTARTS
 from shadowdiff.errors import ConfigError
+from shadowdiff.live.rollout import Router, safe
 from shadowdiff.live.sampling import Sampler
 from shadowdiff.model import Outcome, RequestSnapshot
 
@@ -65,6 +70,9 @@ _UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _last_control = Control(paused=False, rate=None)
 """The switch and the dial as last set: mitmproxy re-creates the addon on a script reload,
 but this module stays loaded, so a paused proxy stays paused."""
+_last_serving: Serving | None = None
+"""The release's stage as last heard from the worker, kept across a script reload alike.
+None: not heard yet, and the primary serves everyone until the worker has read the store."""
 
 
 @dataclass
@@ -151,6 +159,9 @@ class ShadowDiff:
         self.final: Final | None = None  # the last worker's final books, once it answered
         self.last_exit: int | None = None  # the exit status of the last worker that died
         self.control = _last_control  # a reloaded script keeps the switch and the dial
+        self.serving = _last_serving
+        self.router: Router | None = None
+        self.candidate: Mirror | None = None  # the client that asks the candidate itself
 
     # -- options ---------------------------------------------------------------------------
 
@@ -202,6 +213,7 @@ class ShadowDiff:
         self.cfg = cfg
         self.sampler = Sampler(cfg.sampling)
         self._apply(self.control)  # the switch and the dial outlive a config reload
+        self._route(self.serving)
 
     # -- lifecycle (sync, so a reloaded script restarts its worker cleanly) ---------------
 
@@ -313,10 +325,14 @@ class ShadowDiff:
         )
 
     def _apply(self, record: object) -> None:
-        """A record from the worker: the kill switch and the dial, at once; its final books."""
+        """A record from the worker: the kill switch and the dial, the release's stage, at
+        once; its final books."""
         global _last_control
         if isinstance(record, Final):
             self.final = record
+            return
+        if isinstance(record, Serving):
+            self._route(record)
             return
         if not isinstance(record, Control) or self.sampler is None:
             return
@@ -324,18 +340,50 @@ class ShadowDiff:
         self.sampler.paused = record.paused
         self.sampler.dial = record.rate
 
+    def _route(self, serving: Serving | None) -> None:
+        """The release's stage applies from the very next request."""
+        global _last_serving
+        self.serving = _last_serving = serving
+        release = self.cfg.release if self.cfg else None
+        self.router = Router(release, serving) if release else None
+        if self.cfg and self.router and self.router.serving and self.candidate is None:
+            timeout = {"timeout": self.cfg.release.timeout} if self.cfg.release else {}
+            self.candidate = Mirror(self.cfg.mirror.model_copy(update=timeout))
+
     def _send_counts(self) -> None:
         if self.writer:
             self.writer.send(TapCounts(self.instance, dict(self.counts)))
 
     # -- hooks -----------------------------------------------------------------------------
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Counts the request, decides who serves it (the release's stage) and whether to
+        mirror it, at once. Only a safe request the candidate serves returns a coroutine
+        (mitmproxy awaits it, holding only that flow) that asks the candidate first."""
         if self.sampler is None:
-            return
+            return None
         self.counts["seen"] += 1
-        request = flow.request
         reason = self._not_eligible(flow)
+        if reason is None and self.router is not None and self._to_candidate(flow):
+            if safe(flow.request.method):
+                return self._from_candidate(flow)
+            # a write the release lets the candidate take: never copied to the primary
+            self.counts["served.candidate"] += 1
+            self.counts["not_sampled.served_write"] += 1
+            return None
+        self._sample(flow, reason, None)
+        return None
+
+    async def _from_candidate(self, flow: http.HTTPFlow) -> None:
+        self._sample(flow, None, await self._ask_candidate(flow))
+
+    def _sample(self, flow: http.HTTPFlow, reason: str | None, candidate: Outcome | None) -> None:
+        """Counts who served the request, then mirrors it if it is sampled. `candidate`: what
+        the candidate answered when it was asked (served, or it failed and the primary will)."""
+        assert self.sampler is not None and self.cfg is not None
+        request = flow.request
+        served = candidate is not None and flow.response is not None
+        self.counts["served.candidate" if served else "served.primary"] += 1
         if reason:
             self.counts[f"not_eligible.{reason}"] += 1
             return
@@ -345,7 +393,6 @@ class ShadowDiff:
             return
         self.counts["sampled"] += 1
         body = request.raw_content or b""
-        assert self.cfg is not None
         if len(body) > self.cfg.mirror.max_body:
             self.counts["dropped.too_large"] += 1
             return
@@ -359,11 +406,57 @@ class ShadowDiff:
             headers=list(request.headers.fields),
             body=body,
             timestamp=request.timestamp_start,
+            candidate=candidate,
+            served=served,
         )
         if self._hand_off(snapshot):
-            self.pending.add(flow.id)
+            if not served:  # the primary's result follows in the response hook
+                self.pending.add(flow.id)
         else:
             self.counts["dropped.worker_down" if self._down() else "dropped.backlog"] += 1
+
+    def _to_candidate(self, flow: http.HTTPFlow) -> bool:
+        """Whether the stage serves the request from the candidate. A write goes there only
+        where `release.writes` allows it, forwarded by mitmproxy itself (never retried)."""
+        assert self.router is not None and self.cfg is not None
+        request = flow.request
+        peer = flow.client_conn.peername
+        if not self.router.serves(request.path, request.headers.get, peer[0] if peer else ""):
+            return False
+        if safe(request.method):
+            return True
+        if not self.router.writable(request.method, request.path):
+            return False
+        url = urlsplit(self.cfg.candidate())
+        request.scheme = url.scheme
+        request.host = url.hostname or ""
+        request.port = url.port or (443 if url.scheme == "https" else 80)
+        return True
+
+    async def _ask_candidate(self, flow: http.HTTPFlow) -> Outcome:
+        """Asks the candidate for a safe request; its answer becomes the response unless it
+        failed (an error, a timeout within `release.timeout`, a 5xx): then the request goes
+        on to the primary, as if never asked, and the fallback is counted."""
+        assert self.candidate is not None and self.cfg is not None
+        request = flow.request
+        snapshot = RequestSnapshot(
+            flow.id,
+            request.method,
+            request.path,
+            list(request.headers.fields),
+            request.raw_content or b"",
+            request.timestamp_start,
+        )
+        try:
+            outcome = await self.candidate.send(self.cfg.candidate(), snapshot, served=True)
+        except Unsendable:
+            outcome = Outcome(error="protocol")
+        failed = outcome.error or ("5xx" if (outcome.status or 0) >= 500 else None)
+        if failed:
+            self.counts[f"fallback.{failed}"] += 1
+        elif flow.response is None and flow.live:  # the client may have gone meanwhile
+            flow.response = _response(request.method, outcome)
+        return outcome
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.id not in self.pending or flow.response is None:
@@ -439,6 +532,31 @@ class ShadowDiff:
         counts it; once a snapshot is taken, the worker owns its fate and counts a primary
         result that never reaches it (`primary_lost`, or `shutdown`)."""
         return self.writer is not None and self.writer.send(record)
+
+
+_FRAMING = HOP_BY_HOP - {"host", "expect"}
+
+
+def _response(method: str, outcome: Outcome) -> http.Response:
+    """The candidate's answer as the client gets it: status, headers and body byte for
+    byte (still content-encoded), framed afresh by mitmproxy."""
+    assert outcome.status is not None
+    fields = [(k, v) for k, v in outcome.headers if k.decode("latin-1").lower() not in _FRAMING]
+    length = [v for k, v in outcome.headers if k.lower() == b"content-length"]
+    if method != "HEAD":
+        length = [str(len(outcome.body)).encode()]
+    fields += [(b"content-length", v) for v in length[:1]]
+    now = time.time()
+    return http.Response(
+        b"HTTP/1.1",
+        outcome.status,
+        status_codes.RESPONSES.get(outcome.status, "").encode(),
+        http.Headers(fields),
+        outcome.body,
+        None,
+        now,
+        now,
+    )
 
 
 def _exit_status(status: int) -> str:

@@ -38,13 +38,14 @@ from rich.progress import (
 )
 
 from shadowdiff.channel import PrimaryResult, Setup, TapCounts
+from shadowdiff.client import Mirror
 from shadowdiff.config import SHADOW_MARKER, Config, Sampling
 from shadowdiff.counts import RECORDED_PRIMARY
 from shadowdiff.live import Sampler
 from shadowdiff.model import Outcome, RequestSnapshot
 from shadowdiff.replay.flowfiles import Entry, Recording
 from shadowdiff.store import open_store
-from shadowdiff.worker import Mirror, Worker
+from shadowdiff.worker import Worker
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 """Methods that may overlap with others of their connection; any other one runs alone."""

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
-from shadowdiff.model import Divergence, Event, Exchange, Incident
+from shadowdiff.model import Divergence, Event, Exchange, Incident, ReleaseState
 from shadowdiff.store import aggregates
 from shadowdiff.store.aggregates import STATS
 from shadowdiff.store.schema import COLUMNS, TABLES, clean, exchange_of
@@ -179,6 +179,15 @@ class Store(AggregateReads, Protocol):
 
     def incidents(self, run: str, open_only: bool = False) -> list[Incident]:
         """The run's incidents (or only those still open), oldest first."""
+        ...
+
+    def release(self, run: str) -> ReleaseState | None:
+        """Where the run's release is; None: it has not started."""
+        ...
+
+    def move_release(self, run: str, new: ReleaseState) -> bool:
+        """Sets the run's release to `new` if it is still at the version `new` was decided
+        on (`new.version`; 0: not started yet). Whether it did; the stored version is one more."""
         ...
 
 
@@ -609,6 +618,36 @@ class Backend(ABC):
             (self._as_text(run),),
         )
         return [Incident(*row) for row in rows]
+
+    def release(self, run: str) -> ReleaseState | None:
+        rows = self._all(
+            "SELECT stage, state, since, base, actor, why, version FROM releases WHERE run = ?",
+            (self._as_text(run),),
+        )
+        return ReleaseState(*rows[0]) if rows else None
+
+    def move_release(self, run: str, new: ReleaseState) -> bool:
+        values = (
+            new.stage,
+            new.state,
+            new.since,
+            new.base,
+            self._as_text(new.actor),  # an actor's name: from a header
+            self._as_text(new.why),
+        )
+        if new.version == 0:
+            sql = (
+                "INSERT INTO releases (run, version, stage, state, since, base, actor, why)"
+                " VALUES (?, 1, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+            )
+            args: tuple[object, ...] = (self._as_text(run), *values)
+        else:
+            sql = (
+                "UPDATE releases SET version = version + 1, stage = ?, state = ?, since = ?,"
+                " base = ?, actor = ?, why = ? WHERE run = ? AND version = ?"
+            )
+            args = (*values, self._as_text(run), new.version)
+        return bool(self._change([(sql, args)]))
 
 
 _INCIDENT_COLUMNS = (

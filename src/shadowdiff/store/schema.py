@@ -26,12 +26,13 @@ from shadowdiff.model import (
     result_of,
 )
 
-SCHEMA_VERSION = 5
-MIGRATES_FROM = ("2", "3", "4")
+SCHEMA_VERSION = 6
+MIGRATES_FROM = ("2", "3", "4", "5")
 """Older versions this one upgrades in place: version 3 added the events table, version 4 the
 aggregates (`route_stats`, `route_statuses`, `path_stats`, `signatures`, `latency_sample`),
 computed from the stored exchanges and divergences (`aggregates.migrate`), version 5 the
-incidents and proxies tables (created empty) and the `exchanges_route_ts` index."""
+incidents and proxies tables (created empty) and the `exchanges_route_ts` index, version 6
+the releases table (created empty)."""
 WITHOUT_AGGREGATES = ("2", "3")
 """The versions whose aggregates a migration computes."""
 
@@ -175,6 +176,16 @@ CREATE TABLE IF NOT EXISTS proxies (
     stopped REAL,
     stopped_why TEXT,
     PRIMARY KEY (run, instance)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    run TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    stage INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    base INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    why TEXT NOT NULL
 );
 """
 

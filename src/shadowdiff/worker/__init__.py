@@ -1,10 +1,9 @@
-"""The worker process: mirror (aiohttp, nothing of mitmproxy), circuit breakers, the recorder
+"""The worker process: the copies' plan, circuit breakers, the recorder
 (compare, redact, store in the store thread) and the switch. `__main__` is the process entry
 and the composition root that wires the faces in."""
 
-from shadowdiff.worker.mirror import Mirror
 from shadowdiff.worker.recorder import Recorder
 from shadowdiff.worker.switch import Switch
 from shadowdiff.worker.worker import Worker
 
-__all__ = ["Mirror", "Recorder", "Switch", "Worker"]
+__all__ = ["Recorder", "Switch", "Worker"]

@@ -28,6 +28,7 @@ from shadowdiff.faces import Alert, Alerter, Gauges, LiveVerdict, Metrics, contr
 from shadowdiff.model import Event
 from shadowdiff.store import StoreError, open_store
 from shadowdiff.worker import Switch, Worker
+from shadowdiff.worker.release import Rollout
 
 logger = logging.getLogger("shadowdiff.worker")  # the name operators filter on
 
@@ -97,11 +98,21 @@ async def serve(sock: socket.socket) -> int:
             breakers={name: b.state for name, b in worker.breakers.items()},
         )
 
+    rollout = None
+    if cfg.release:
+        rollout = Rollout(
+            cfg,
+            reader.send,
+            alerter,
+            lambda event: switch.events.append(event),
+            live.verdict,
+            worker.merged,
+        )
     metrics = Metrics(cfg.run, worker.merged, gauges, cfg.routes.max)
     worker.recorder.on_written = metrics.observe
     worker.recorder.routes.on_merge = metrics.forget
     try:
-        server = await _control_server(worker, switch, live, metrics, setup.handover)
+        server = await _control_server(worker, switch, live, metrics, rollout, setup.handover)
     except (ConfigError, OSError) as e:
         logger.error("control server cannot start on %s: %s", cfg.control.listen, e)
         await worker.mirror.close()
@@ -112,7 +123,11 @@ async def serve(sock: socket.socket) -> int:
     stop = asyncio.Event()
     flusher = asyncio.create_task(worker.flusher(stop))
     watcher = asyncio.create_task(live.watch(stop))
-    reader.greet()
+    reader.greet()  # first: what the controller tells the tap follows the greeting
+    releaser = None
+    if rollout:
+        await rollout.start()
+        releaser = asyncio.create_task(rollout.watch(stop))
     while (record := await reader.read()) is not None:
         worker.on_record(record)
     if server:  # first: the worker that replaces this one may be waiting for the port
@@ -120,6 +135,9 @@ async def serve(sock: socket.socket) -> int:
     stop.set()
     await flusher
     await watcher
+    if rollout and releaser:
+        await releaser
+        await rollout.close()
     await live.end(worker.ending)
     final, _ = await asyncio.gather(worker.shutdown(), alerter.close(timeout=cfg.mirror.grace))
     await live.close()
@@ -132,7 +150,12 @@ async def serve(sock: socket.socket) -> int:
 
 
 async def _control_server(
-    worker: Worker, switch: Switch, live: LiveVerdict, metrics: Metrics, handover: bool
+    worker: Worker,
+    switch: Switch,
+    live: LiveVerdict,
+    metrics: Metrics,
+    rollout: Rollout | None,
+    handover: bool,
 ) -> web.AppRunner | None:
     """`handover`: the worker this one replaces may hold the port for a moment yet."""
     listen = worker.cfg.control.listen
@@ -156,6 +179,7 @@ async def _control_server(
             token,
             loopback(listen.rpartition(":")[0]),
             hook_secret,
+            rollout,
         )
         try:
             runner = await control.serve(app, listen)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -25,11 +26,12 @@ from shadowdiff.channel import (
     Setup,
     TapCounts,
 )
+from shadowdiff.client import Mirror, Unsendable
 from shadowdiff.counts import LATENCY_REFERENCE, WORKER_RESTARTS, summary_line, total
 from shadowdiff.model import Exchange, Outcome, RequestSnapshot
 from shadowdiff.store import Store, StoreError, StoreUnavailable
 from shadowdiff.worker.breaker import CircuitBreaker
-from shadowdiff.worker.mirror import Mirror, Unsendable, plan, timed_by_copy
+from shadowdiff.worker.mirror import plan, timed_by_copy
 from shadowdiff.worker.recorder import Recorder, held_bytes
 from shadowdiff.worker.switch import Switch
 
@@ -97,13 +99,18 @@ class Worker:
         if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
             self.drop("in_flight")
             return None
-        if not all(breaker.ready() for breaker in self.breakers.values()):
+        # the shadow gets no copy of what the tap asked the candidate for itself
+        breakers = [
+            b for n, b in self.breakers.items() if request.candidate is None or n != "shadow"
+        ]
+        if not all(breaker.ready() for breaker in breakers):
             self.drop("circuit_open")
             return None
-        for breaker in self.breakers.values():
+        for breaker in breakers:
             breaker.allow()
         future: asyncio.Future[PrimaryResult] = asyncio.get_running_loop().create_future()
-        self.primaries[request.flow_id] = future
+        if not request.served:  # else the primary's side is its copy: no result follows
+            self.primaries[request.flow_id] = future
         self.outstanding += 1
         if self.switch:
             self.switch.on_backlog(self.outstanding - self.cfg.mirror.max_in_flight)
@@ -125,7 +132,7 @@ class Worker:
     async def exchange(
         self, request: RequestSnapshot, primary: asyncio.Future[PrimaryResult]
     ) -> None:
-        planned, reference = plan(self.cfg, self.targets, request.method, self.switch is not None)
+        planned, reference = plan(self.cfg, self.targets, request, self.switch is not None)
         if self.recorded_primary:
             reference = None
         try:
@@ -137,12 +144,19 @@ class Worker:
             self.primaries.pop(request.flow_id, None)
             self.drop("unsendable")
             return
-        if (result := await self.answered(request, primary)) is None:
+        result: PrimaryResult | None
+        if request.served:
+            result = PrimaryResult(request.flow_id, outcomes.pop("primary"))
+        elif (result := await self.answered(request, primary)) is None:
             return
+        asked = request.candidate
         x = Exchange(
             request=request,
             primary=timed_by_copy(result.outcome, outcomes.get("primary")),
-            shadow=outcomes["shadow"],
+            # the candidate's answer the tap got: unpaired in latency (see `plan`)
+            shadow=outcomes["shadow"]
+            if asked is None
+            else dataclasses.replace(asked, latency=None),
             secondary=outcomes.get("secondary"),
             route="",  # the recorder routes it
         )

@@ -1,0 +1,232 @@
+"""Sending copies to real services on loopback: headers, bodies, every failure kind, and the
+one clock: from which moment they are timed."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+
+import pytest
+from aiohttp import web
+from factories import snapshot
+from helpers import free_port
+
+from conftest import Backend, serve_app
+from shadowdiff.client import LagWatch, Mirror, Unsendable, copy_headers
+from shadowdiff.config import Mirror as MirrorConfig
+from shadowdiff.model import RequestSnapshot
+
+
+def request(path: str = "/x?a=1", body: bytes = b"", headers=None) -> RequestSnapshot:
+    return snapshot(method="POST" if body else "GET", path=path, headers=headers, body=body)
+
+
+def test_copy_headers_rewrites():
+    cfg = MirrorConfig(headers={"set": {"X-Env": "shadow"}, "remove": ["authorization"]})
+    original = [
+        (b"Host", b"primary"),
+        (b"Connection", b"keep-alive"),
+        (b"Authorization", b"secret"),
+        (b"X-Env", b"prod"),
+        (b"Accept", b"a"),
+        (b"Accept", b"b"),
+        (b"Content-Length", b"3"),
+    ]
+    assert copy_headers(original, cfg) == [
+        ("Accept", "a"),
+        ("Accept", "b"),
+        ("X-Env", "shadow"),
+        ("X-Shadowdiff", "shadow"),
+    ]
+
+
+async def test_response_recorded_raw(shadow: Backend):
+    mirror = Mirror(MirrorConfig())
+    try:
+        compressed = gzip.compress(b'{"q": 1}')
+        headers = [(b"Content-Encoding", b"gzip"), (b"Content-Type", b"application/json")]
+        outcome = await mirror.send(shadow.url, request(body=compressed, headers=headers))
+    finally:
+        await mirror.close()
+    assert outcome.status == 200 and outcome.error is None and outcome.latency > 0
+    method, path, seen_headers, body = shadow.seen[0]
+    # sent gzip-encoded as the client sent it (aiohttp's server decodes it on arrival)
+    assert (method, path, body) == ("POST", "/x?a=1", b'{"q": 1}')
+    assert seen_headers["Content-Encoding"] == "gzip" and "User-Agent" not in seen_headers
+    assert (b"X-Backend", b"demo") in outcome.headers
+
+
+async def test_gzip_response_kept_compressed():
+    async def handler(request: web.Request) -> web.Response:
+        response = web.Response(text="hello " * 100)
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner, url = await serve_app(app)
+    mirror = Mirror(MirrorConfig())
+    try:
+        outcome = await mirror.send(url, request("/", headers=[(b"Accept-Encoding", b"gzip")]))
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    assert gzip.decompress(outcome.body) == b"hello " * 100
+
+
+async def failure(mode: str, **cfg) -> str | None:
+    backend = await Backend("shadow", mode=mode).start()
+    mirror = Mirror(MirrorConfig(**cfg))
+    try:
+        return (await mirror.send(backend.url, request())).error
+    finally:
+        await mirror.close()
+        await backend.stop()
+
+
+async def test_connect_refused():
+    mirror = Mirror(MirrorConfig())
+    try:
+        outcome = await mirror.send(f"http://127.0.0.1:{free_port()}", request())
+    finally:
+        await mirror.close()
+    assert outcome.error == "connect" and outcome.status is None
+
+
+async def test_timeout():
+    assert await failure("hang", timeout="300ms") == "timeout"
+
+
+async def test_reset_mid_body():
+    assert await failure("reset") == "reset"
+
+
+async def test_too_large_is_an_outcome_not_a_truncation():
+    assert await failure("big") == "too_large"
+
+
+async def test_too_large_without_content_length():
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(20):
+            await response.write(b"z" * 100_000)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/x", handler)
+    runner, url = await serve_app(app)
+    mirror = Mirror(MirrorConfig(max_body="1MiB"))
+    try:
+        outcome = await mirror.send(url, request())
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    assert outcome.error == "too_large" and outcome.body == b""
+
+
+async def test_request_target_goes_out_byte_for_byte():
+    seen: list[str] = []
+
+    async def raw(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", raw)
+    runner, base = await serve_app(app)
+    mirror = Mirror(MirrorConfig())
+    targets = ['/a/../b?x=%7e&q="', "/<svg/onload=1>", "/caf%C3%A9?a=b+c"]
+    try:
+        for target in targets:
+            outcome = await mirror.send(base, RequestSnapshot("f", "GET", target, [], b"", 0.0))
+            assert outcome.status == 200, outcome
+    finally:
+        await mirror.close()
+        await runner.cleanup()
+    assert seen == targets
+
+
+async def test_a_target_not_starting_with_a_slash_is_never_sent():
+    """An HTTP/2 :path like `@evil/` would turn the shadow's host into a user name."""
+    mirror = Mirror(MirrorConfig())
+    try:
+        request = RequestSnapshot("f", "GET", "@127.0.0.1:9/x", [], b"", 0.0)
+        assert (await mirror.send("http://127.0.0.1:1", request)).error == "protocol"
+    finally:
+        await mirror.close()
+
+
+@pytest.mark.parametrize("header", [(b"X-A", b"a\x01b"), (b"X-A", b"a\x7fb"), (b"X-\x01", b"v")])
+async def test_a_copy_the_client_refuses_to_build_is_unsendable(header, shadow: Backend):
+    """Finding 9: aiohttp's refusal is no outcome of the shadow's, which never sees it."""
+    mirror = Mirror(MirrorConfig())
+    try:
+        with pytest.raises(Unsendable, match="control character"):
+            await mirror.send(shadow.url, request(headers=[header]))
+    finally:
+        await mirror.close()
+    assert shadow.seen == []
+
+
+async def test_waiting_for_a_pooled_connection_is_no_latency(shadow: Backend):
+    """The clock starts when the request goes out: copies queued for one of the pool's two
+    connections (max_in_flight 1) are timed like the others, about the service's delay."""
+    shadow.delay = 0.15
+    mirror = Mirror(MirrorConfig(max_in_flight=1))
+    started = time.perf_counter()
+    try:
+        outcomes = await asyncio.gather(*(mirror.send(shadow.url, request()) for _ in range(4)))
+    finally:
+        await mirror.close()
+    assert time.perf_counter() - started > 0.28  # two rounds of two: the last two did wait
+    assert all(o.status == 200 for o in outcomes)
+    assert max(o.latency for o in outcomes) < 0.25, [o.latency for o in outcomes]
+    assert min(o.latency for o in outcomes) >= 0.15
+
+
+async def test_a_body_is_timed_once_it_is_sent(shadow: Backend):
+    shadow.delay = 0.05
+    mirror = Mirror(MirrorConfig())
+    try:
+        outcome = await mirror.send(shadow.url, request(body=b"x" * 300_000))
+    finally:
+        await mirror.close()
+    assert outcome.status == 200 and 0.05 <= outcome.latency < 0.15
+    assert len(shadow.seen[0][3]) == 300_000
+
+
+async def test_a_copy_out_while_the_loop_stalled_is_not_timed(shadow: Backend):
+    """Both copies of a pair read late alike on a starved worker: their ratio drifts to 1 and
+    a slowdown can PASS (bench/judgement.py --busy saw two). A copy in flight while the loop
+    stalled for more than LAG_SHARE of its time gets no latency, so it is left unjudged."""
+    shadow.delay = 0.05
+    mirror = Mirror(MirrorConfig())
+
+    async def stall() -> None:
+        await asyncio.sleep(0.01)
+        time.sleep(0.05)  # the loop held, as a starved worker's is
+
+    try:
+        calm = await mirror.send(shadow.url, request())
+        stalled, _ = await asyncio.gather(mirror.send(shadow.url, request()), stall())
+    finally:
+        await mirror.close()
+    assert calm.status == 200 and calm.latency is not None and calm.latency >= 0.05
+    assert stalled.status == 200 and stalled.latency is None
+
+
+async def test_the_lag_watch_sees_a_stall_before_its_overdue_look():
+    """A copy's answer can be read right after a stall, before the watch's own look: the
+    stall in progress counts already, or that copy would keep a latency it should not."""
+    watch = LagWatch()
+    watch.start()
+    try:
+        await asyncio.sleep(0.02)
+        before = watch.stalled
+        time.sleep(0.05)  # the loop held; no look has run since
+        assert watch.stalled - before >= 0.04
+    finally:
+        watch.stop()
