@@ -188,7 +188,7 @@ async def test_owned_routes_page_their_team_once_and_resolve(
         assert firing["labels"]["team"] == "team-a" and firing["labels"]["alertname"]
         assert firing["labels"]["route"] == "GET /users/{id}"
 
-        for _ in range(6):  # flapping: healthy long enough to PASS, never long enough to resolve
+        for _ in range(3):  # flapping: healthy long enough to PASS, never long enough to resolve
             shadow.bad = ()
             await asyncio.sleep(1.8)  # the 1 s window clears, then PASS for 0.8 s at most
             shadow.bad = USERS

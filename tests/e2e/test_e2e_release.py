@@ -239,6 +239,8 @@ async def test_a_failing_candidate_is_rolled_back_and_no_client_sees_it(
         "release_promote",
         "release_rollback",
     ]
+    html = shadowdiff("report", f"--store={proxy.store}", "--run=test", "--format=html").stdout
+    assert '<h2 id="release">Release</h2>' in html and "rolled back" in html
 
 
 async def test_a_rollback_applies_to_the_next_request_and_survives_a_restart(

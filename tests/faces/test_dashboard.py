@@ -356,3 +356,67 @@ async def test_dashboard_token_and_unreachable_server(
             timeout=10,
         )
         assert await page.evaluate('document.body.classList.contains("stale")') is True
+
+
+RELEASE = """(() => ({
+  hidden: document.getElementById("release").hidden,
+  stages: [...document.querySelectorAll("#release-stages li")]
+    .map((li) => [li.textContent, li.className]),
+  state: document.getElementById("release-state").textContent,
+  served: document.getElementById("release-served").textContent,
+  waits: document.getElementById("release-waits").textContent,
+  disabled: ["promote", "hold", "rollback"]
+    .map((a) => document.getElementById(`release-${a}`).disabled),
+}))()"""
+
+
+async def test_dashboard_shows_the_release_and_moves_it(
+    primary: Backend,
+    shadow: Backend,
+    start_proxy: Any,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The stage, the shares served and what the gate waits for; Promote, then Roll back,
+    each applied (the proxy serves accordingly) and shown; a rolled-back release's buttons
+    are off."""
+    config = tmp_path / "shadowdiff.yaml"
+    config.write_text(
+        "release:\n  promote: manual\n  poll: 100ms\n  stages:\n"
+        "    - shadow: {min_pairs: 1000000}\n    - percent: {share: 100, min_pairs: 1000000}\n"
+    )
+    proxy = await start_proxy(
+        f"--primary={primary.url}", f"--shadow={shadow.url}", "--sample=0", config=str(config)
+    )
+    await wait_listening(proxy.control_port, timeout=30)
+    async with chromium(tmp_path / "profile", 1280, 900) as page:
+        await page.navigate(proxy.control + "/")
+        await page.wait_for('!document.getElementById("release").hidden', timeout=20)
+        seen = await page.evaluate(RELEASE)
+        assert seen["stages"] == [["shadow", "current"], ["percent 100 %", ""]]
+        assert seen["state"].startswith("Stage 1 of 2, shadow: running")
+        assert "promote" in seen["waits"] and seen["disabled"] == [False, False, False]
+        await page.click("#release-promote")
+        await page.wait_for(
+            'document.getElementById("release-state").textContent.startsWith("Stage 2 of 2")',
+            timeout=10,
+        )
+        async with client.get(proxy.url + "/users/1") as response:
+            await response.read()
+        assert shadow.seen and shadow.seen[-1][1] == "/users/1"  # served by the candidate
+        await page.wait_for(
+            'document.getElementById("release-served").textContent.includes("candidate 1 ")',
+            timeout=10,
+        )
+        await page.click("#release-rollback")
+        await page.wait_for(
+            'document.getElementById("release-state").textContent.includes("rolled back")',
+            timeout=10,
+        )
+        seen = await page.evaluate(RELEASE)
+        assert seen["disabled"] == [True, True, True] and "nothing: rolled back" in seen["waits"]
+        assert page.errors() == []
+    before = len(shadow.seen)
+    async with client.get(proxy.url + "/users/2") as response:
+        await response.read()
+    assert len(shadow.seen) == before  # the primary served it

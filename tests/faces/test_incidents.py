@@ -143,6 +143,22 @@ def test_ack_by_prefix_then_mitigation_resolves_every_open_one(tmp_path: Path) -
         assert first.durations()["acknowledge"] is None  # never paged: no time to acknowledge
 
 
+def test_a_rollback_mitigates_the_open_incidents_without_resolving_them(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with SQLiteStore(cfg.store) as store:
+        incidents = Incidents(cfg)
+        incidents.judged(store, [check("FAIL")], 0.0, 10.0, [ROUTE])
+        incidents.rolled_back(store, 12.0, "release rolled back by auto")
+        incidents.rolled_back(store, 13.0, "again")  # the first moment stays
+        [i] = store.incidents("r1")
+        assert (i.mitigated, i.mitigated_by, i.resolved) == (
+            12.0,
+            "release rolled back by auto",
+            None,
+        )
+        assert i.durations()["mitigate"] == 12.0 - i.started
+
+
 def test_the_fleet_is_mitigated_when_every_proxy_has_stopped() -> None:
     assert fleet([]) == Fleet(False)
     assert fleet([("a", 5.0, "paused by x"), ("b", None, None)]) == Fleet(False)

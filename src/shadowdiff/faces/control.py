@@ -268,6 +268,7 @@ async def _status(request: web.Request) -> web.Response:
             **sources.switch.state(),
             "counts": status["counts"],
             "health": sources.health(),
+            "release": sources.release.status() if sources.release else None,
         }
     )
 

@@ -246,6 +246,12 @@ class Incidents:
             store.update_incident(self.run, i.key, i.seq, "mitigated", state.since, state.why)
         return self._resolve(store, open_, state.since, f"mitigated: {state.why}")
 
+    def rolled_back(self, store: Store, at: float, why: str) -> None:
+        """The release was rolled back: the users no longer meet the candidate, so its open
+        incidents are mitigated then; they resolve as any other (the shadow is still judged)."""
+        for i in store.incidents(self.run, open_only=True):
+            store.update_incident(self.run, i.key, i.seq, "mitigated", at, why)
+
     def ended(self, store: Store, now: float) -> list[Alert]:
         """The last proxy of the run stops: its open incidents resolve."""
         return self._resolve(store, store.incidents(self.run, open_only=True), now, "the run ended")

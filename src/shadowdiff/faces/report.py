@@ -114,7 +114,8 @@ def render_markdown(doc: VerdictDocument) -> str:
         "",
         *[f"Accounting: {md_escape(problem)}" for problem in doc.get("accounting", [])],
         *[
-            f"Mirroring {md_escape(e['kind'])} by {md_escape(e['actor'])} at "
+            f"{'Release' if e['kind'].startswith('release_') else 'Mirroring'}"
+            f" {md_escape(e['kind'].removeprefix('release_'))} by {md_escape(e['actor'])} at "
             f"{_time(e['ts'])} ({md_escape(e['old'])} → {md_escape(e['new'])})"
             for e in doc.get("events", [])
         ],
@@ -236,6 +237,7 @@ def render_html(doc: VerdictDocument, extras: Extras) -> str:
             verdict=verdict,
             verdict_class=verdict.lower() if verdict in VERDICTS else "inconclusive",
             doc=doc,
+            release_kinds={e["kind"] for e in doc["events"] if e["kind"].startswith("release_")},
             counts=[(k, v) for k, v in counts.items() if not isinstance(v, Mapping)],
             reasons=[(k, v) for k, v in counts.items() if isinstance(v, Mapping)],
             failing=_failing(checks),

@@ -245,6 +245,11 @@ class LiveVerdict:
         if self.alerter.destinations:
             self._background(self._incident_tick)
 
+    def rolled_back(self, at: float, why: str) -> None:
+        """The release was rolled back (on the loop): its open incidents are mitigated."""
+        if self.alerter.destinations:
+            self._background(lambda: self.incidents.rolled_back(self._store(), at, why))
+
     def sent(self, alert: Alert, at: float) -> None:
         """The alerter delivered `alert` (on the loop): a trigger's moment is kept."""
         if alert.incident is not None:

@@ -263,6 +263,9 @@ class ShadowDiff:
         """Hands the worker its last records and lets it finish on its own. `wait`: at the
         end of the process, every stopping worker is waited for (within its bound) first."""
         self.stopping = True
+        if self.candidate is not None:  # its connections: the loop may not run much longer
+            asyncio.get_running_loop().create_task(self.candidate.close())
+            self.candidate = None
         for timer in (self.ticker, self.restart):
             if timer:
                 timer.cancel()

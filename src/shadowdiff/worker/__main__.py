@@ -108,6 +108,7 @@ async def serve(sock: socket.socket) -> int:
             live.verdict,
             worker.merged,
         )
+        rollout.on_rollback = live.rolled_back
     metrics = Metrics(cfg.run, worker.merged, gauges, cfg.routes.max)
     worker.recorder.on_written = metrics.observe
     worker.recorder.routes.on_merge = metrics.forget

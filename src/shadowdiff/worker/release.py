@@ -146,6 +146,8 @@ class Rollout:
         self.last: tuple[str, int] = ("INCONCLUSIVE", 0)  # the last verdict and pairs judged
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
         self.reader: Store | None = None
+        self.on_rollback: Callable[[float, str], None] = lambda at, why: None
+        """Told when this proxy rolled the release back (the incidents' mitigation)."""
 
     async def start(self) -> None:
         """Reads the release as the store holds it, or starts it at its first stage, and
@@ -217,7 +219,10 @@ class Rollout:
         kind = {ROLLED_BACK: "rollback", HELD: "hold", COMPLETE: "complete"}.get(
             new.state, "promote"
         )
-        self.record(Event(time.time(), f"release_{kind}", new.actor, before, f"{after}: {new.why}"))
+        at = time.time()
+        self.record(Event(at, f"release_{kind}", new.actor, before, f"{after}: {new.why}"))
+        if new.state == ROLLED_BACK:
+            self.on_rollback(at, f"release rolled back by {new.actor}")
         log = logger.error if new.state == ROLLED_BACK else logger.warning
         log("release %s → %s by %s: %s", before, after, new.actor, new.why)
         self.alerter.fire(

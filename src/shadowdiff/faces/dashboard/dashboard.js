@@ -251,7 +251,35 @@
     if (withControl) renderControl(s);
     renderCounts(s.counts || {});
     renderHealth(s.health || {});
+    renderRelease(s.release);
     renderTitle();
+  }
+
+  /** The release: its stages (the current one marked), its state, the shares served and
+   * what the next gate waits for; the buttons that move it. */
+  function renderRelease(r) {
+    const section = $("release");
+    section.hidden = !r || r.state === "unknown";
+    if (section.hidden) return;
+    const stages = (r.stages || []).map((name, i) =>
+      el("li", { className: i === r.stage ? "current" : i < r.stage ? "past" : "", text: name }),
+    );
+    $("release-stages").replaceChildren(...stages);
+    const state = String(r.state || "").replace("_", " ");
+    $("release-state").textContent =
+      `Stage ${r.stage + 1} of ${stages.length}, ${r.name}: ${state} (${r.why}, by ${r.actor});` +
+      ` ${fmtDuration(r.in_stage)} and ${r.pairs_in_stage} pairs in the stage, verdict ${r.verdict}.`;
+    const served = r.served || {};
+    const all = (served.primary || 0) + (served.candidate || 0);
+    const fallbacks = Object.entries(r.fallbacks || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+    $("release-served").textContent =
+      `Served by this proxy: primary ${served.primary || 0}, candidate ${served.candidate || 0}` +
+      ` (${fmtPct(all ? (served.candidate || 0) / all : 0)}); fallbacks: ${fallbacks || "none"}.`;
+    $("release-waits").textContent = `The next gate waits for ${r.waits_for}.`;
+    const over = r.state === "rolled_back";
+    $("release-promote").disabled = over || r.stage >= stages.length - 1;
+    $("release-hold").disabled = over || r.state === "held";
+    $("release-rollback").disabled = over;
   }
 
   function renderControl(c) {
@@ -727,12 +755,12 @@
 
   // -- the switch and the dial ------------------------------------------------------------
 
-  async function change(label, method, path, body) {
+  async function change(label, method, path, body, render = renderControl) {
     if (state.busy) return;
     state.busy = true;
     state.controlVersion += 1;
     renderBusy();
-    const retry = () => change(label, method, path, body);
+    const retry = () => change(label, method, path, body, render);
     try {
       const answer = await request(method, path, body);
       if (answer.status === 401) {
@@ -749,7 +777,7 @@
       $("action-error").hidden = true;
       state.controlVersion += 1;
       state.dialEditing = false;
-      renderControl(answer.data);
+      render(answer.data);
     } catch (e) {
       const error = $("action-error");
       error.textContent = `${label} failed: ${e.message}`;
@@ -805,6 +833,15 @@
     $("rate-reset").addEventListener("click", () => {
       change("Returning to the configured rates", "PUT", "/mirror/sample-rate", "null");
     });
+    for (const [action, label] of [
+      ["promote", "Promoting the release"],
+      ["hold", "Holding the release"],
+      ["rollback", "Rolling the release back"],
+    ]) {
+      $(`release-${action}`).addEventListener("click", () =>
+        change(label, "POST", `/release/${action}`, undefined, renderRelease),
+      );
+    }
     $("auth").addEventListener("submit", (event) => {
       event.preventDefault();
       const token = $("token").value.trim();
