@@ -15,8 +15,10 @@ disjoint, so the store can simply add them up.
 Reasons that say whose fault a missing exchange is, apart from the shadow's errors:
 `not_eligible.bad_header` (a control byte in a header name or value: no HTTP client sends
 it, so it is never sampled), `dropped.unsendable` (a copy the client still refused to build;
-outside the breaker and the shadow's error rate), `dropped.worker_down` (sampled while no
-worker ran) and `dropped.worker_died` (what a worker that died held, counted by the next).
+outside the breaker and the shadow's error rate), `dropped.client_gone` (the client hung up
+before the primary answered: the primary failed nothing), `dropped.worker_down` (sampled
+while no worker ran) and `dropped.worker_died` (what a worker that died held, counted by the
+next).
 """
 
 from __future__ import annotations

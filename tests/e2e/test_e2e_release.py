@@ -249,12 +249,17 @@ async def test_a_rollback_applies_to_the_next_request_and_survives_a_restart(
     stages = [{"shadow": {"min_pairs": 10**6}}, {"percent": {"share": 100, "min_pairs": 10**6}}]
     config = str(plan(tmp_path, stages, promote="manual"))
     async with side("primary") as primary, side("candidate") as candidate:
-        flags = (f"--primary={primary.url}", f"--shadow={candidate.url}", "--sample=0")
+        flags = (f"--primary={primary.url}", f"--shadow={candidate.url}", "--sample=1")
         proxy = await start_proxy(*flags, config=config)
         assert await get(client, f"{proxy.url}/a") == "primary"
         ctl(proxy, "promote")
-        assert await get(client, f"{proxy.url}/a") == "candidate"
+        assert set(await many(client, [(f"{proxy.url}/a", {})] * 40)) == {"candidate"}
         await proxy.stop()
+        report = shadowdiff("report", f"--store={proxy.store}", "--run=test", "--format=json")
+        doc = json.loads(report.stdout)
+        assert doc["counts"]["compared"] == 41
+        [latency] = [c for c in doc["checks"] if c["id"] == "latency"]
+        assert latency["n"] >= 20  # what the candidate served is paired (a busy loop's untimed)
 
         proxy = await start_proxy(*flags, config=config)  # the same store and run
         state = await release(client, proxy)

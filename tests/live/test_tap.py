@@ -114,18 +114,20 @@ async def test_hooks_feed_a_real_worker(tmp_path, shadow: Backend):
     tap = ShadowDiff()
     with taddons.context(tap) as tctx:
         run_with_worker(tctx, tap, store, shadowdiff_shadow=shadow.url, shadowdiff_run="tap")
-        ok, failed, big = request_flow(), request_flow(), request_flow()
-        for flow in (ok, failed, big):
+        ok, failed, big, gone = request_flow(), request_flow(), request_flow(), request_flow()
+        for flow in (ok, failed, big, gone):
             tap.request(flow)
         ok.response = tutils.tresp(content=b'{"path": "/path"}')
         tap.response(ok)
         failed.error = tflow.terr("Connection refused")
         tap.error(failed)
+        gone.error = tflow.terr("Client disconnected.")  # not the primary's failure
+        tap.error(gone)
         big.response = tutils.tresp(content=b"x" * (2 * 1024 * 1024))
         tap.response(big)
         for _ in range(100):  # let the worker's copies reach the shadow in this loop
             await asyncio.sleep(0.02)
-            if len(shadow.seen) == 3:
+            if len(shadow.seen) == 4:
                 break
         await asyncio.sleep(0.2)
         tctx.master.should_exit.set()  # the end of the process: `done` waits for the worker
@@ -134,7 +136,7 @@ async def test_hooks_feed_a_real_worker(tmp_path, shadow: Backend):
         counts = s.counts("tap")
         exchanges = list(s.exchanges("tap"))
     assert imbalance(counts) == [] and counts["recorded"] == 2
-    assert counts["dropped.too_large"] == 1
+    assert counts["dropped.too_large"] == counts["dropped.client_gone"] == 1
     assert sorted(str((x.primary.status, x.primary.error)) for x in exchanges) == [
         "(200, None)",
         "(None, 'connect')",

@@ -57,15 +57,19 @@ def test_the_primary_on_its_copy_clock():
     assert failed.latency is None and (failed.status, failed.body) == (200, b"{}")
 
 
-@pytest.mark.parametrize("served", [True, False])
-def test_what_the_tap_asked_the_candidate_gets_no_shadow_copy_and_no_pair(served):
-    """Served by the candidate: the primary gets the copy that pairs it; a fallback (the
-    primary served it): only the secondary. Neither has a latency pair."""
-    cfg = config(secondary="http://127.0.0.1:2", primary="http://127.0.0.1:3")
-    targets = {"shadow": cfg.shadow, "secondary": cfg.secondary}
-    asked = snapshot()
-    asked.candidate, asked.served = Outcome(200 if served else 503), served
-    copies, timed = plan(cfg, targets, asked, live=True)
-    assert timed is None
-    want = {"secondary", "primary"} if served else {"secondary"}
-    assert set(dict(copies)) == want
+@pytest.mark.parametrize("secondary", [True, False])
+def test_what_the_candidate_served_is_paired_on_the_copies_clock(secondary):
+    """Served by the candidate: the primary gets the copy that is the pair's other side, the
+    candidate a timed copy, the secondary its own; the reference is as configured. A fallback
+    (the candidate failed, the primary served it): no copy to the candidate, no pair."""
+    more = {"secondary": "http://127.0.0.1:2"} if secondary else {}
+    cfg = config(primary="http://127.0.0.1:3", **more)
+    targets = {"shadow": cfg.shadow, **({"secondary": cfg.secondary} if secondary else {})}
+    served, fallback = snapshot(), snapshot()
+    served.candidate, served.served = Outcome(200), True
+    fallback.candidate = Outcome(503)
+    copies, timed = plan(cfg, targets, served, live=True)
+    assert timed == ("secondary" if secondary else "primary")
+    assert set(dict(copies)) == {"shadow", "primary"} | ({"secondary"} if secondary else set())
+    copies, timed = plan(cfg, targets, fallback, live=True)
+    assert timed is None and set(dict(copies)) == set(targets) - {"shadow"}

@@ -126,6 +126,10 @@ def _reverse_target(modes: Sequence[str]) -> str | None:
     return targets.pop() if len(targets) == 1 else None
 
 
+_CLIENT_GONE = ("client disconnected", "stream reset by client")
+"""How mitmproxy's errors begin when the client went away (HTTP/1, HTTP/2)."""
+
+
 def primary_error_kind(message: str) -> str:
     """An outcome error kind from mitmproxy's error message for the primary."""
     text = message.lower()
@@ -495,8 +499,11 @@ class ShadowDiff:
         if flow.id not in self.pending or flow.error is None:
             return
         self.pending.discard(flow.id)
-        outcome = Outcome(error=primary_error_kind(flow.error.msg))
-        self._hand_off(PrimaryResult(flow.id, outcome))
+        message = flow.error.msg
+        # the client hung up (or the flow was killed): nothing the primary did, so no outcome
+        gone = message.lower().startswith(_CLIENT_GONE) or message == flow.error.KILLED_MESSAGE
+        outcome = Outcome(error=primary_error_kind(message))
+        self._hand_off(PrimaryResult(flow.id, outcome, "client_gone" if gone else None))
 
     def _not_eligible(self, flow: http.HTTPFlow) -> str | None:
         request = flow.request

@@ -17,17 +17,19 @@ def plan(
     replay (not `live`) calls the primary itself, timed on this same clock, and that only a
     safe request gets a timed copy to the primary.
 
-    A request the tap asked the candidate for itself (a release stage) gets no copy to the
-    shadow, and no latency pair: that answer was timed on the proxy's busy loop, never this
-    clock. When the candidate served it, the primary gets the copy that pairs it."""
+    A request the tap asked the candidate for itself (a release stage) is paired like any
+    other, on this clock: served, it gets a copy to the primary (whose answer is the pair's
+    other side) beside a timed copy to the candidate, whose time stands for the answer the
+    tap got (timed on the proxy's busy loop, never on this clock); one the candidate failed
+    (a fallback) gets no copy to it and no latency pair."""
     copies = list(targets.items())
     reference = paired_by(cfg, request.method)
-    if request.candidate is not None:
+    if request.served:
+        assert cfg.primary is not None  # the config refuses a serving release without it
+        copies.append(("primary", cfg.primary))
+    elif request.candidate is not None:
         copies = [(name, url) for name, url in copies if name != "shadow"]
         reference = None
-        if request.served:
-            assert cfg.primary is not None  # the config refuses a serving release without it
-            copies.append(("primary", cfg.primary))
     elif latency_reference(cfg) != "secondary" and not live:
         reference = "primary"
     elif reference == "primary":
@@ -36,9 +38,10 @@ def plan(
     return random.sample(copies, len(copies)), reference
 
 
-def timed_by_copy(primary: Outcome, copy: Outcome | None) -> Outcome:
-    """The primary's outcome on its timed copy's clock (reference `primary`): the copy's
-    latency, or none if the copy failed; as it is when no copy was timed."""
+def timed_by_copy(answer: Outcome, copy: Outcome | None) -> Outcome:
+    """An answer on its timed copy's clock (the primary's with reference `primary`, the one
+    the candidate served): the copy's latency, or none if the copy failed; as it is when no
+    copy was timed."""
     if copy is None:
-        return primary
-    return dataclasses.replace(primary, latency=None if copy.error else copy.latency)
+        return answer
+    return dataclasses.replace(answer, latency=None if copy.error else copy.latency)

@@ -56,7 +56,7 @@ class Worker:
         self.mirror = Mirror(self.cfg.mirror)
         self.targets = {
             name: url
-            for name, url in (("shadow", self.cfg.shadow), ("secondary", self.cfg.secondary))
+            for name, url in (("shadow", self.cfg.candidate()), ("secondary", self.cfg.secondary))
             if url
         }
         self.breakers = {name: CircuitBreaker(self.cfg.mirror.breaker) for name in self.targets}
@@ -99,10 +99,7 @@ class Worker:
         if self.outstanding >= 2 * self.cfg.mirror.max_in_flight:
             self.drop("in_flight")
             return None
-        # the shadow gets no copy of what the tap asked the candidate for itself
-        breakers = [
-            b for n, b in self.breakers.items() if request.candidate is None or n != "shadow"
-        ]
+        breakers = self._breakers(request)
         if not all(breaker.ready() for breaker in breakers):
             self.drop("circuit_open")
             return None
@@ -118,6 +115,12 @@ class Worker:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def _breakers(self, request: RequestSnapshot) -> list[CircuitBreaker]:
+        """The breakers of the targets the request's copies go to: the shadow gets no copy
+        of a request the candidate failed (the primary served it)."""
+        failed = request.candidate is not None and not request.served
+        return [b for n, b in self.breakers.items() if not (failed and n == "shadow")]
 
     def drop(self, reason: str) -> None:
         self.count(f"dropped.{reason}")
@@ -135,6 +138,20 @@ class Worker:
         planned, reference = plan(self.cfg, self.targets, request, self.switch is not None)
         if self.recorded_primary:
             reference = None
+        result: PrimaryResult | None = None
+        # The primary's timed copy waits for the live answer: sent at once, it reaches the
+        # primary with the live request itself and queues behind it there, while the shadow's
+        # copy arrives alone: identical code would read as a faster shadow.
+        # Meanwhile it is not in flight (as an exchange waiting for that answer after its
+        # copies is not), and gives its breakers' probe slots back if it never goes.
+        if not request.served and "primary" in dict(planned):
+            self.outstanding -= 1
+            result = await self.answered(request, primary)
+            if result is None:
+                for breaker in self._breakers(request):
+                    breaker.release()
+                return
+            self.outstanding += 1
         try:
             outcomes = await self.copies(request, planned, reference)
         except asyncio.CancelledError:
@@ -144,19 +161,21 @@ class Worker:
             self.primaries.pop(request.flow_id, None)
             self.drop("unsendable")
             return
-        result: PrimaryResult | None
         if request.served:
             result = PrimaryResult(request.flow_id, outcomes.pop("primary"))
-        elif (result := await self.answered(request, primary)) is None:
+        elif result is None and (result := await self.answered(request, primary)) is None:
             return
         asked = request.candidate
+        if asked is None:
+            shadow = outcomes["shadow"]
+        elif request.served:  # what the client got, on its timed copy's clock (see `plan`)
+            shadow = timed_by_copy(asked, outcomes["shadow"])
+        else:  # the candidate's failure that the primary stood in for: no latency pair
+            shadow = dataclasses.replace(asked, latency=None)
         x = Exchange(
             request=request,
             primary=timed_by_copy(result.outcome, outcomes.get("primary")),
-            # the candidate's answer the tap got: unpaired in latency (see `plan`)
-            shadow=outcomes["shadow"]
-            if asked is None
-            else dataclasses.replace(asked, latency=None),
+            shadow=shadow,
             secondary=outcomes.get("secondary"),
             route="",  # the recorder routes it
         )
