@@ -5,9 +5,10 @@ never awaits: it writes what the kernel takes at once, keeps the rest in a buffe
 event loop when the socket is writable, and refuses a record (the caller counts a drop) when
 that buffer would exceed its byte budget. Both ends are our own processes, so pickle is safe.
 What travels back is small and rare: the worker's one-byte greeting (it is up and reading),
-then framed control records (the kill switch and the sampling dial) for the tap to apply, and
-at the end its final books. Closing never blocks either: the tap hands over what it holds,
-ends its side, and the worker answers and closes its own once it has finished.
+then framed control records (the kill switch and the sampling dial, the release's stage) for
+the tap to apply, and at the end its final books. Closing never blocks either: the tap hands
+over what it holds, ends its side, and the worker answers and closes its own once it has
+finished.
 """
 
 from __future__ import annotations
@@ -303,17 +304,24 @@ class Reader:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer  # held: a collected StreamWriter closes the connection
+        self.early: list[bytes] | None = []  # records sent before the greeting
 
     @classmethod
     async def open(cls, sock: socket.socket) -> Reader:
         return cls(*await asyncio.open_unix_connection(sock=sock))
 
     def greet(self) -> None:
-        self.writer.write(b"R")
+        """The byte that says the worker reads, then what was sent before it."""
+        self.writer.write(b"R" + b"".join(self.early or []))
+        self.early = None
 
     def send(self, record: Any) -> None:
-        """A control record back to the tap (buffered by the stream, never awaited)."""
-        if not self.writer.is_closing():
+        """A control record back to the tap (buffered by the stream, never awaited); held
+        until the greeting, which must be the first byte the tap reads (the control server
+        takes a pause before it)."""
+        if self.early is not None:
+            self.early.append(frame(record))
+        elif not self.writer.is_closing():
             self.writer.write(frame(record))
 
     async def close(self) -> None:

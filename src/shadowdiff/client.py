@@ -175,12 +175,14 @@ class Unsendable(Exception):
 
 
 class Mirror:
-    """Sends copies; the session lives as long as the worker."""
+    """Sends copies; the session lives as long as the worker. `pool`: connections at most
+    (default: twice `max_in_flight`; 0: no limit, for requests that must never wait for one)."""
 
-    def __init__(self, cfg: MirrorConfig) -> None:
+    def __init__(self, cfg: MirrorConfig, pool: int | None = None) -> None:
         self.cfg = cfg
+        limit = cfg.max_in_flight * 2 if pool is None else pool
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=cfg.max_in_flight * 2, force_close=False),
+            connector=aiohttp.TCPConnector(limit=limit, force_close=False),
             timeout=aiohttp.ClientTimeout(total=cfg.timeout),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -196,10 +198,12 @@ class Mirror:
     async def send(self, base: str, request: RequestSnapshot, served: bool = False) -> Outcome:
         """One copy to `base + path`, timed from its request sent to its body read (`Clock`);
         every failure is an outcome, but a copy that cannot be built raises `Unsendable`.
-        `served`: the request itself, for the candidate to serve (see `copy_headers`)."""
+        `served`: the request itself, for the candidate to serve (see `copy_headers`); its
+        time is never paired, so the loop's stalls are not watched for it."""
         if not request.path.startswith("/"):  # `@host/…` would make `base` a user name
             return Outcome(error="protocol", latency=0.0)
-        self.lag.start()
+        if not served:
+            self.lag.start()
         clock = Clock(self.lag)
         try:
             async with self.session.request(

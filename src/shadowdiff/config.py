@@ -735,6 +735,9 @@ class Release(Strict):
     retried); every other unsafe request is served by the primary."""
     timeout: Duration = 2.0
     """The longest the candidate may take on a safe request before the primary serves it."""
+    max_body: Size = ByteSize(16 * 1024 * 1024)
+    """The largest answer the candidate serves to a safe request (the proxy holds it whole);
+    a larger one is served by the primary (`fallback.too_large`, no evidence against it)."""
     poll: Duration = 0.5
     """How often each proxy reads the release's state from the store (a fleet agrees
     within it)."""

@@ -32,6 +32,10 @@ LATENCY_REFERENCE = "latency_reference"
 """Worker counters (`latency_reference.secondary|primary|proxy`) of the exchanges whose
 shadow latency had that baseline: outside the books, read by the judge to say which clock."""
 
+SERVED_PAIRS = "release.served_pairs"
+"""Recorder counter of the compared exchanges the candidate served (outside the books): the
+pairs a cohort or percent stage's gate counts, so a stage that serves no one never passes."""
+
 WORKER_RESTARTS = "worker.restarts"
 """Tap counter of workers started again after one died: outside the books (no bucket), shown
 by `/healthz` and `/metrics`."""

@@ -365,7 +365,7 @@ RELEASE = """(() => ({
   state: document.getElementById("release-state").textContent,
   served: document.getElementById("release-served").textContent,
   waits: document.getElementById("release-waits").textContent,
-  disabled: ["promote", "hold", "rollback"]
+  disabled: ["promote", "hold", "resume", "rollback"]
     .map((a) => document.getElementById(`release-${a}`).disabled),
 }))()"""
 
@@ -395,7 +395,7 @@ async def test_dashboard_shows_the_release_and_moves_it(
         seen = await page.evaluate(RELEASE)
         assert seen["stages"] == [["shadow", "current"], ["percent 100 %", ""]]
         assert seen["state"].startswith("Stage 1 of 2, shadow: running")
-        assert "promote" in seen["waits"] and seen["disabled"] == [False, False, False]
+        assert "promote" in seen["waits"] and seen["disabled"] == [False, False, True, False]
         await page.click("#release-promote")
         await page.wait_for(
             'document.getElementById("release-state").textContent.startsWith("Stage 2 of 2")',
@@ -414,7 +414,8 @@ async def test_dashboard_shows_the_release_and_moves_it(
             timeout=10,
         )
         seen = await page.evaluate(RELEASE)
-        assert seen["disabled"] == [True, True, True] and "nothing: rolled back" in seen["waits"]
+        assert seen["disabled"] == [True, True, True, True]
+        assert "nothing: rolled back" in seen["waits"]
         assert page.errors() == []
     before = len(shadow.seen)
     async with client.get(proxy.url + "/users/2") as response:

@@ -1,16 +1,20 @@
 """The serving decision: cohorts match exactly, shares are sticky per key and only grow, a
-key-less request is bucketed at random, writes go only where the release allows them."""
+key-less request is bucketed at random, writes go only where the release allows them; and
+the candidate asked by the tap's own client: its answer framed afresh, byte for byte, or a
+failure that lets the primary serve."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from mitmproxy.test import tflow
 
 from shadowdiff.channel import Serving
 from shadowdiff.config import load_config
 from shadowdiff.errors import ConfigError
-from shadowdiff.live.rollout import Router, bucket
+from shadowdiff.live.rollout import Candidate, Router, bucket, response
+from shadowdiff.model import Outcome
 
 
 def release(stages, **more):
@@ -87,3 +91,62 @@ def test_a_bad_plan_is_one_line(stages, more, message):
     with pytest.raises(ConfigError, match=message) as caught:
         release(stages, **more)
     assert "\n" not in str(caught.value)
+
+
+def test_the_candidates_answer_is_framed_afresh_byte_for_byte():
+    headers = [
+        (b"Content-Type", b"application/json"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"keep-alive, X-Hop"),
+        (b"X-Hop", b"1"),
+        (b"Content-Encoding", b"gzip"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+    ]
+    got = response("GET", Outcome(200, headers, b"\x1f\x8b raw"))
+    assert (got.status_code, got.raw_content) == (200, b"\x1f\x8b raw")
+    assert got.headers.fields == (
+        (b"Content-Type", b"application/json"),
+        (b"Content-Encoding", b"gzip"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"content-length", b"6"),
+    )
+    head = response("HEAD", Outcome(200, [(b"Content-Length", b"1234")], b""))
+    assert head.headers.get_all("content-length") == ["1234"]
+    assert "content-length" not in response("GET", Outcome(204, [], b"")).headers
+    not_modified = response("GET", Outcome(304, [(b"Content-Length", b"77")], b""))
+    assert not_modified.headers.get_all("content-length") == ["77"]
+
+
+def served_flow(method: str = "GET", path: str = "/users/1"):
+    flow = tflow.tflow()
+    flow.request.method, flow.request.path = method, path
+    flow.request.headers["X-User"] = "ada"
+    return flow
+
+
+async def test_asking_the_candidate_serves_its_answer_or_falls_back(shadow):
+    cfg = load_config(
+        None,
+        {
+            "shadow": shadow.url,
+            "primary": "http://127.0.0.1:1",
+            "release": {"stages": [{"percent": 100}], "timeout": "200ms", "max_body": "1MiB"},
+        },
+    )
+    candidate = Candidate(cfg)
+    try:
+        flow = served_flow()
+        answer, failed = await candidate.ask(flow)
+        assert failed is None and flow.response is not None
+        assert flow.response.status_code == 200 and flow.response.raw_content == answer.body
+        assert flow.response.headers["X-Backend"] == "demo"
+        assert shadow.seen[-1][2].get("X-Shadowdiff") is None  # the request itself, unmarked
+        for mode, kind in (("error", "5xx"), ("hang", "timeout"), ("big", "too_large")):
+            shadow.mode = mode
+            flow = served_flow()
+            _, failed = await candidate.ask(flow)
+            assert (failed, flow.response) == (kind, None), mode
+    finally:
+        await candidate.close()

@@ -277,3 +277,61 @@ def test_a_reference_the_config_cannot_give_is_one_line(tmp_path):
         ),
     ):
         tctx.configure(tap, shadowdiff_config=str(config))
+
+
+async def test_a_release_serves_from_the_candidate_and_the_books_balance(
+    tmp_path, primary: Backend, shadow: Backend
+):
+    """With a real worker: a safe request is asked of the candidate (served, or a fallback
+    the primary serves, always recorded), a write the release allows is redirected, another
+    goes to the primary; every request is counted once, the writes by side."""
+    config = tmp_path / "release.yaml"
+    config.write_text(
+        f"primary: {primary.url}\nrelease:\n  writes: ['POST /orders*']\n"
+        "  stages: [{percent: {share: 100, min_pairs: 1000000}}]\n"
+    )
+    store = tmp_path / "t.db"
+    tap = ShadowDiff()
+    with taddons.context(tap) as tctx:
+        tctx.configure(tap, shadowdiff_config=str(config), shadowdiff_shadow=shadow.url)
+        run_with_worker(tctx, tap, store, shadowdiff_run="rel")
+        for _ in range(200):  # the worker reads the release's state, then tells the tap
+            await asyncio.sleep(0.02)
+            if tap.router is not None and tap.router.serving:
+                break
+        served, failing, write, other = (request_flow() for _ in range(4))
+        write.request.method, write.request.path = "POST", "/orders/1"
+        other.request.method = "DELETE"
+        pending = tap.request(served)
+        assert pending is not None and served.response is None  # nothing until it is awaited
+        await pending
+        assert served.response is not None and served.response.status_code == 200
+        shadow.mode = "error"
+        await tap.request(failing)
+        assert failing.response is None  # the primary serves it
+        failing.response = tutils.tresp(content=b'{"path": "/path"}')
+        tap.response(failing)
+        assert tap.request(write) is None and write.request.port == shadow.port
+        write.response = tutils.tresp(status_code=503)
+        tap.response(write)
+        assert tap.request(other) is None and other.request.port != shadow.port
+        other.response = tutils.tresp()
+        tap.response(other)
+        assert tap.counts["served.candidate"] == 2 and tap.counts["served.primary"] == 2
+        books = dict(tap.counts)
+        assert books["seen"] == 4 == books["sampled"] + books["not_sampled.served_write"] + 1
+        assert books["fallback.5xx"] == 1 and books.get("not_sampled.method") == 1
+        assert tap.counts["writes.candidate.failed"] == tap.counts["writes.primary.ok"] == 1
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if len(primary.seen) >= 1 and len(shadow.seen) >= 2:
+                break
+        await asyncio.sleep(0.3)
+        tctx.master.should_exit.set()
+        tap.done()
+    with SQLiteStore(store, create=False) as s:
+        counts = s.counts("rel")
+        exchanges = sorted(s.exchanges("rel"), key=lambda x: x.shadow.status or 0)
+    assert imbalance(counts) == [] and counts["release.served_pairs"] == 1
+    assert [(x.primary.status, x.shadow.status) for x in exchanges] == [(200, 200), (200, 500)]
+    assert exchanges[1].shadow.latency is None  # a fallback: no latency pair

@@ -6,7 +6,7 @@ import pytest
 
 from shadowdiff.config import load_config
 from shadowdiff.model import ReleaseState
-from shadowdiff.worker.release import Refused, act, decide, waits_for
+from shadowdiff.worker.release import Refused, act, decide, stage_pairs, waits_for
 
 STAGES = [
     {"shadow": {"min_pairs": 100, "min_duration": "1m", "max_duration": "3m"}},
@@ -20,9 +20,13 @@ def plan(**more):
     return load_config(None, doc).release
 
 
-def verdict(result: str, compared: int) -> dict:
+def verdict(result: str) -> dict:
     checks = [{"id": "status", "route": "GET /a", "result": result, "detail": "5xx 3 %"}]
-    return {"verdict": result, "checks": checks, "counts": {"compared": compared}}
+    return {"verdict": result, "checks": checks}
+
+
+def counts(compared: int, served: int = 0) -> dict[str, int]:
+    return {"compared": compared, "release.served_pairs": served}
 
 
 START = ReleaseState(0, "running", 1000.0, 20, "proxy", "the run started", version=1)
@@ -30,63 +34,92 @@ START = ReleaseState(0, "running", 1000.0, 20, "proxy", "the run started", versi
 
 def test_a_stage_waits_for_its_minimums_then_a_pass_promotes():
     p = plan()
-    assert decide(p, START, verdict("PASS", 119), 2000.0) is None  # 99 pairs of its own
-    assert decide(p, START, verdict("PASS", 120), 1059.0) is None  # 59 s in the stage
-    moved = decide(p, START, verdict("PASS", 120), 1060.0)
+    assert decide(p, START, verdict("PASS"), counts(119), 2000.0) is None  # 99 pairs of its own
+    assert decide(p, START, verdict("PASS"), counts(120), 1059.0) is None  # 59 s in the stage
+    moved = decide(p, START, verdict("PASS"), counts(120), 1060.0)
     assert moved is not None
-    assert (moved.stage, moved.state, moved.since, moved.base) == (1, "running", 1060.0, 120)
+    assert (moved.stage, moved.state, moved.since, moved.base) == (1, "running", 1060.0, 0)
     assert moved.version == 1 and moved.actor == "auto" and "100 pairs in 60 s" in moved.why
-    assert decide(plan(promote="manual"), START, verdict("PASS", 500), 5000.0) is None
+    assert decide(plan(promote="manual"), START, verdict("PASS"), counts(500), 5000.0) is None
 
 
 def test_a_fail_rolls_back_from_any_stage_or_holds():
     for state in ("running", "held", "complete"):
         start = ReleaseState(1, state, 1000.0, 20, "x", "y", version=3)
-        moved = decide(plan(), start, verdict("FAIL", 21), 1001.0)
+        moved = decide(plan(), start, verdict("FAIL"), counts(21), 1001.0)
         assert moved is not None and moved.state == "rolled_back" and moved.stage == 1
         assert moved.since == 1000.0 and "GET /a status: 5xx 3 %" in moved.why
-    held = decide(plan(on_fail="hold"), START, verdict("FAIL", 21), 1001.0)
+    held = decide(plan(on_fail="hold"), START, verdict("FAIL"), counts(21), 1001.0)
     assert held is not None and held.state == "held"
     gone = ReleaseState(1, "rolled_back", 1000.0, 20, "x", "y")
-    assert decide(plan(), gone, verdict("FAIL", 21), 1001.0) is None
+    assert decide(plan(), gone, verdict("FAIL"), counts(21), 1001.0) is None
 
 
 def test_inconclusive_extends_up_to_max_duration_then_holds():
-    assert decide(plan(), START, verdict("INCONCLUSIVE", 500), 1179.0) is None
-    held = decide(plan(), START, verdict("INCONCLUSIVE", 500), 1180.0)
+    assert decide(plan(), START, verdict("INCONCLUSIVE"), counts(500), 1179.0) is None
+    held = decide(plan(), START, verdict("INCONCLUSIVE"), counts(500), 1180.0)
     assert held is not None and held.state == "held" and "INCONCLUSIVE" in held.why
-    at_once = decide(plan(on_inconclusive="hold"), START, verdict("INCONCLUSIVE", 500), 1060.0)
+    at_once = decide(
+        plan(on_inconclusive="hold"), START, verdict("INCONCLUSIVE"), counts(500), 1060.0
+    )
     assert at_once is not None and at_once.state == "held"
 
 
 def test_the_last_stage_completes():
     last = ReleaseState(2, "running", 1000.0, 20, "x", "y")
-    done = decide(plan(), last, verdict("PASS", 500), 1100.0)
+    assert decide(plan(), last, verdict("PASS"), counts(500, 119), 1100.0) is None
+    done = decide(plan(), last, verdict("PASS"), counts(500, 120), 1100.0)
     assert done is not None and done.state == "complete" and done.stage == 2
 
 
 def test_a_person_promotes_holds_and_rolls_back():
     p = plan()
-    promoted = act(p, START, "promote", "ada", 1500.0, 90)
-    assert (promoted.stage, promoted.state, promoted.base, promoted.actor) == (
-        1,
-        "running",
-        90,
-        "ada",
-    )
-    assert act(p, START, "hold", "ada", 1500.0, 90).state == "held"
-    assert act(p, START, "rollback", "ada", 1500.0, 90).state == "rolled_back"
+    promoted = act(p, START, "promote", "ada", 1500.0, counts(90, 7))
+    assert (promoted.stage, promoted.state, promoted.base) == (1, "running", 7)  # served ones
+    assert promoted.actor == "ada"
+    assert act(p, START, "hold", "ada", 1500.0, counts(90)).state == "held"
+    assert act(p, START, "rollback", "ada", 1500.0, counts(90)).state == "rolled_back"
     last = ReleaseState(2, "running", 1000.0, 20, "x", "y")
     with pytest.raises(Refused, match="last stage"):
-        act(p, last, "promote", "ada", 1500.0, 90)
+        act(p, last, "promote", "ada", 1500.0, counts(90))
     with pytest.raises(Refused, match="rolled back"):
-        act(p, ReleaseState(1, "rolled_back", 1.0, 0, "x", "y"), "promote", "ada", 2.0, 0)
+        act(p, ReleaseState(1, "rolled_back", 1.0, 0, "x", "y"), "promote", "ada", 2.0, {})
 
 
 def test_what_the_gate_waits_for():
     p = plan()
-    assert waits_for(p, START, "INCONCLUSIVE", 70, 1030.0) == (
+    assert waits_for(p, START, "INCONCLUSIVE", counts(70), 1030.0) == (
         "50 more pairs, 30 s more, then a PASS verdict (now INCONCLUSIVE)"
     )
-    assert waits_for(p, START, "PASS", 500, 2000.0) == "a PASS verdict"
-    assert "promote" in waits_for(plan(promote="manual"), START, "PASS", 500, 2000.0)
+    assert waits_for(p, START, "PASS", counts(500), 2000.0) == "a PASS verdict"
+    assert "promote" in waits_for(plan(promote="manual"), START, "PASS", counts(500), 2000.0)
+    at_5 = ReleaseState(1, "running", 1000.0, 3, "x", "y")
+    assert waits_for(p, at_5, "PASS", counts(500, 13), 1003.0).startswith(
+        "40 more pairs served by the candidate, 7 s more"
+    )
+
+
+def test_a_serving_stage_counts_only_what_the_candidate_served():
+    """Mirrored traffic alone never passes a cohort's gate: a cohort that matches no one
+    stays where it is."""
+    p = plan()
+    at_5 = ReleaseState(1, "running", 1000.0, 3, "x", "y")
+    assert stage_pairs(p, 0, counts(100, 5)) == 100 and stage_pairs(p, 1, counts(100, 5)) == 5
+    assert decide(p, at_5, verdict("PASS"), counts(10_000, 52), 2000.0) is None
+    moved = decide(p, at_5, verdict("PASS"), counts(10_000, 53), 2000.0)
+    assert moved is not None and (moved.stage, moved.base) == (2, 53)
+
+
+def test_no_promotion_while_mirroring_is_stopped_but_a_fail_still_rolls_back():
+    p = plan()
+    assert decide(p, START, verdict("PASS"), counts(500), 2000.0, stopped=True) is None
+    moved = decide(p, START, verdict("FAIL"), counts(500), 2000.0, stopped=True)
+    assert moved is not None and moved.state == "rolled_back"
+
+
+def test_a_held_stage_resumes_under_its_gate():
+    held = ReleaseState(1, "held", 1000.0, 3, "x", "y")
+    resumed = act(plan(), held, "resume", "ada", 1500.0, counts(0))
+    assert (resumed.stage, resumed.state, resumed.since, resumed.base) == (1, "running", 1000.0, 3)
+    with pytest.raises(Refused, match="not held"):
+        act(plan(), START, "resume", "ada", 1500.0, counts(0))

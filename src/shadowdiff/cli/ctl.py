@@ -166,11 +166,12 @@ def _release_lines(state: dict[str, Any]) -> list[str]:
 
 
 @ctl.command("release")
-@click.argument("action", type=click.Choice(["status", "promote", "hold", "rollback"]))
+@click.argument("action", type=click.Choice(["status", "promote", "hold", "resume", "rollback"]))
 @click.pass_context
 def ctl_release(ctx: click.Context, action: str) -> None:
-    """Show the release (status) or move it: promote to the next stage, hold where it is,
-    roll back (the primary serves everyone from the next request). The state is in the
+    """Show the release (status) or move it: promote to the next stage, hold where it is
+    (no automatic promotion), resume a held stage, roll back (the primary serves everyone
+    from the next request). The state is in the
     store: one proxy of a fleet is enough, the others follow within `release.poll`."""
     urls, _ = ctx.obj
     if action == "status":

@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shadowdiff.faces.verdict import RETRY_AFTER, Busy, UnknownRoute
-from shadowdiff.store import clean
+from shadowdiff.store import StoreError, clean
 
 if TYPE_CHECKING:
     from shadowdiff.faces.metrics import Metrics
@@ -334,7 +334,7 @@ async def _release(request: web.Request) -> web.Response:
 
 
 async def _release_action(request: web.Request) -> web.Response:
-    """`POST /release/promote|hold|rollback`: a person moves the release (the token, as for
+    """`POST /release/promote|hold|resume|rollback`: a person moves the release (the token, as for
     the kill switch); 409 with the reason when its state does not allow it."""
     release = request.app[_SOURCES].release
     if release is None:
@@ -343,6 +343,8 @@ async def _release_action(request: web.Request) -> web.Response:
         return _json(await release.act(request.match_info["action"], _actor(request)))
     except ValueError as e:  # the controller's Refused
         return _json({"error": str(e)}, 409)
+    except StoreError as e:
+        return _json({"error": f"cannot move the release: {e}"}, 503)
 
 
 async def _asset(request: web.Request) -> web.Response:
@@ -389,7 +391,7 @@ def build(
     app.router.add_post("/incidents/ack", _ack)
     app.router.add_post("/hooks/pagerduty", _pagerduty)
     app.router.add_get("/api/release", _release)
-    app.router.add_post("/release/{action:promote|hold|rollback}", _release_action)
+    app.router.add_post("/release/{action:promote|hold|resume|rollback}", _release_action)
     return app
 
 

@@ -60,6 +60,9 @@ _BY = {
     "worker": ("event", "Worker processes started again by the proxy after one died."),
     "untimed": ("side", "Copies left untimed: the worker's loop stalled while they were out."),
     "latency_reference": ("reference", "Exchanges by what timed the shadow's baseline."),
+    "served": ("side", "Requests by who served them, primary or candidate (a release)."),
+    "fallback": ("kind", "Safe requests the candidate failed, served by the primary instead."),
+    "writes": ("outcome", "Writes by who served them and whether they failed (a release)."),
 }
 _FROM_ZERO = {WORKER_RESTARTS}
 """Children exported before they first count, so that `increase()` sees the first one (a

@@ -87,14 +87,15 @@ class LiveVerdict:
         self.readings = Readings(cfg.incidents.window)
         self.tasks: set[asyncio.Future[Any]] = set()
 
-    async def verdict(self, route: str | None = None) -> VerdictDocument:
+    async def verdict(self, route: str | None = None, wait: bool = False) -> VerdictDocument:
         """The verdict document of the run (or of one route): judged again once FRESH seconds
         old; while that takes more than PATIENCE, the previous one is served if it is under
         STALE seconds old.
 
         Callers asking at once share one judgement; the store is read in the verdict thread.
         Raises `UnknownRoute` for a route the store does not hold, `Busy` when MAX_PENDING
-        other routes are being judged.
+        other routes are being judged. `wait`: never the previous verdict (the release's
+        gate acts on the verdict it gets).
         """
         cached = self.latest.get(route)
         age = time.monotonic() - cached[0] if cached else math.inf
@@ -111,7 +112,7 @@ class LiveVerdict:
             judging = asyncio.ensure_future(self._in_thread(self._document, route))
             self.judging[route] = judging
             judging.add_done_callback(lambda done: self._judged(route, done))
-        if not cached or age >= STALE:
+        if not cached or age >= STALE or wait:
             return await asyncio.shield(judging)
         done, _ = await asyncio.wait({asyncio.shield(judging)}, timeout=PATIENCE)
         return done.pop().result() if done else cached[1]

@@ -457,8 +457,67 @@ def _route_checks(rd: RouteData, cfg: JudgeConfig, latency_note: str) -> list[Ch
     return [_said(small), *(c if c.needs == rest else _said(c) for c in capped)]
 
 
+@dataclass(frozen=True)
+class Writes:
+    """The writes a release served, by side (the tap's `writes.<side>.failed|ok` counts):
+    the candidate's are never copied to the primary, so only their failure rates compare."""
+
+    candidate_failed: int
+    candidate: int
+    primary_failed: int
+    primary: int
+
+
+def writes_check(w: Writes, cfg: JudgeConfig) -> Check:
+    """The candidate's served writes fail (a 5xx, an error) no more often than the
+    primary's, by the errors check's margin and interval; than none, while the primary
+    served no write to compare with (a 100 % stage)."""
+    if w.candidate < cfg.min_pairs:
+        more = cfg.min_pairs - w.candidate
+        return Check(
+            "served_writes",
+            "*",
+            INCONCLUSIVE,
+            None,
+            cfg.error_rate_margin,
+            w.candidate,
+            None,
+            detail=f"{w.candidate} writes served by the candidate; {cfg.min_pairs} needed",
+            needs=Needs(more, None),
+        )
+    if w.primary:
+        d, lo, hi = newcombe(
+            w.candidate_failed, w.candidate, w.primary_failed, w.primary, cfg.confidence
+        )
+        against = f"primary {w.primary_failed} of {w.primary}"
+    else:
+        d = w.candidate_failed / w.candidate
+        lo, hi = wilson(w.candidate_failed, w.candidate, cfg.confidence)
+        against = "the primary served none to compare with"
+    detail = (
+        f"writes failed: candidate {w.candidate_failed} of {w.candidate}, {against}"
+        f" (difference {100 * d:+.1f} points, {100 * cfg.confidence:g} % CI"
+        f" {100 * lo:+.1f} to {100 * hi:+.1f})"
+    )
+    result = FAIL if lo > cfg.error_rate_margin else PASS
+    return Check(
+        "served_writes",
+        "*",
+        result,
+        d,
+        cfg.error_rate_margin,
+        w.candidate,
+        (lo, hi),
+        critical=True,
+        detail=detail,
+    )
+
+
 def judge(
-    routes: list[RouteData], cfg: JudgeConfig = JudgeConfig(), latency_note: str = ""
+    routes: list[RouteData],
+    cfg: JudgeConfig = JudgeConfig(),
+    latency_note: str = "",
+    writes: Writes | None = None,
 ) -> Verdict:
     """Judges every route; the verdict is the worst check, a failing critical check fails.
 
@@ -466,7 +525,7 @@ def judge(
     a recorded primary): latency checks are then INCONCLUSIVE with that note, and no count of
     pairs would decide them.
     """
-    if not routes:
+    if not routes and writes is None:
         nothing = Check(
             "min_sample",
             "*",
@@ -480,6 +539,8 @@ def judge(
         )
         return Verdict(INCONCLUSIVE, [_said(nothing)])
     checks = [c for rd in routes for c in _route_checks(rd, cfg, latency_note)]
+    if writes is not None:
+        checks.append(_said(writes_check(writes, cfg)))
     if any(c.critical and c.result == FAIL for c in checks):
         return Verdict(FAIL, checks)
     return Verdict(max((c.result for c in checks), key=_RANK.__getitem__), checks)

@@ -21,7 +21,15 @@ from shadowdiff import __version__, jsonpath
 from shadowdiff.compare import MASK, Redactor, bodies
 from shadowdiff.config import Config, Redact
 from shadowdiff.counts import LATENCY_REFERENCE, RECORDED_PRIMARY, by_reason, imbalance
-from shadowdiff.judge.checks import Check, JudgeConfig, RouteData, Verdict, baseline, judge
+from shadowdiff.judge.checks import (
+    Check,
+    JudgeConfig,
+    RouteData,
+    Verdict,
+    Writes,
+    baseline,
+    judge,
+)
 from shadowdiff.judge.noise import RouteFindings, findings
 from shadowdiff.judge.schema import (
     CheckRow,
@@ -175,16 +183,37 @@ def judge_config(cfg: Config) -> JudgeConfig:
 
 
 def _judged(
-    reads: AggregateReads, counts: dict[str, int], run: str, cfg: Config, only: str | None
+    reads: AggregateReads,
+    counts: dict[str, int],
+    run: str,
+    cfg: Config,
+    only: str | None,
+    whole: bool = True,
 ) -> tuple[list[RouteFindings], list[RouteData], dict[str, dict[str, np.ndarray]], Verdict]:
+    """`whole`: the run's own verdict, with its served writes (counted for the run alone)."""
     reference = "+".join(sorted(by_reason(counts, LATENCY_REFERENCE))) or None
     found, data, latencies = gather(reads, run, cfg, only, reference)
-    return found, data, latencies, judge(data, judge_config(cfg), latency_note(counts))
+    writes = served_writes(counts) if whole and only is None else None
+    return found, data, latencies, judge(data, judge_config(cfg), latency_note(counts), writes)
+
+
+def served_writes(counts: dict[str, int]) -> Writes | None:
+    """The writes a release served (None: the candidate served none)."""
+    failed = {side: counts.get(f"writes.{side}.failed", 0) for side in ("candidate", "primary")}
+    ok = {side: counts.get(f"writes.{side}.ok", 0) for side in ("candidate", "primary")}
+    if not failed["candidate"] + ok["candidate"]:
+        return None
+    return Writes(
+        failed["candidate"],
+        failed["candidate"] + ok["candidate"],
+        failed["primary"],
+        failed["primary"] + ok["primary"],
+    )
 
 
 def window_verdict(store: Store, window: AggregateReads, run: str, cfg: Config) -> Verdict:
     """The verdict of the exchanges in `window` (a `judge.window.Window` of `store`)."""
-    return _judged(window, store.counts(run), run, cfg, None)[3]
+    return _judged(window, store.counts(run), run, cfg, None, whole=False)[3]
 
 
 def document(

@@ -2,9 +2,10 @@
 
 Every hook is synchronous and cheap: a sampling decision, a snapshot of bytes mitmproxy already
 holds, and a non-blocking write to the worker's channel. The live flow is never modified,
-delayed or killed. The tap also supervises its worker: one that dies is noticed within a
-second and started again, and stopping one never waits on the live loop. Knows mitmproxy;
-knows nothing of diffing.
+delayed or killed, but by the user's explicit choice: a release stage's users are served by
+the candidate (`live.rollout`), asked in an awaited hook that holds only that flow. The tap
+also supervises its worker: one that dies is noticed within a second and started again, and
+stopping one never waits on the live loop. Knows mitmproxy; knows nothing of diffing.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from collections import Counter
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import mode_specs
 
 from shadowdiff.channel import (
@@ -40,10 +39,10 @@ from shadowdiff.channel import (
     TapCounts,
     Writer,
 )
-from shadowdiff.client import HOP_BY_HOP, Mirror, Unsendable
 from shadowdiff.config import (
     SHADOW_MARKER,
     Config,
+    Release,
     access_token,
     destinations,
     load_config,
@@ -51,7 +50,7 @@ from shadowdiff.config import (
 )
 from shadowdiff.counts import WORKER_RESTARTS
 from shadowdiff.errors import ConfigError
-from shadowdiff.live.rollout import Router, safe
+from shadowdiff.live.rollout import Candidate, Router, safe
 from shadowdiff.live.sampling import Sampler
 from shadowdiff.model import Outcome, RequestSnapshot
 
@@ -164,8 +163,12 @@ class ShadowDiff:
         self.last_exit: int | None = None  # the exit status of the last worker that died
         self.control = _last_control  # a reloaded script keeps the switch and the dial
         self.serving = _last_serving
+        self.release: Release | None = config.release if config else None
+        """The plan the running worker's controller judges (a reload's applies on restart)."""
         self.router: Router | None = None
-        self.candidate: Mirror | None = None  # the client that asks the candidate itself
+        self.candidate: Candidate | None = None
+        self.writes: set[str] = set()  # flows of writes the candidate serves
+        self.closing: set[asyncio.Task[None]] = set()
 
     # -- options ---------------------------------------------------------------------------
 
@@ -217,6 +220,8 @@ class ShadowDiff:
         self.cfg = cfg
         self.sampler = Sampler(cfg.sampling)
         self._apply(self.control)  # the switch and the dial outlive a config reload
+        if self.worker is None:  # the running worker's controller keeps the plan it has
+            self.release = cfg.release
         self._route(self.serving)
 
     # -- lifecycle (sync, so a reloaded script restarts its worker cleanly) ---------------
@@ -268,7 +273,9 @@ class ShadowDiff:
         end of the process, every stopping worker is waited for (within its bound) first."""
         self.stopping = True
         if self.candidate is not None:  # its connections: the loop may not run much longer
-            asyncio.get_running_loop().create_task(self.candidate.close())
+            task = asyncio.get_running_loop().create_task(self.candidate.close())
+            self.closing.add(task)
+            task.add_done_callback(self.closing.discard)
             self.candidate = None
         for timer in (self.ticker, self.restart):
             if timer:
@@ -339,7 +346,8 @@ class ShadowDiff:
             self.final = record
             return
         if isinstance(record, Serving):
-            self._route(record)
+            if not self.stopping:  # a stopping worker's last word is not this addon's
+                self._route(record)
             return
         if not isinstance(record, Control) or self.sampler is None:
             return
@@ -351,11 +359,9 @@ class ShadowDiff:
         """The release's stage applies from the very next request."""
         global _last_serving
         self.serving = _last_serving = serving
-        release = self.cfg.release if self.cfg else None
-        self.router = Router(release, serving) if release else None
+        self.router = Router(self.release, serving) if self.release else None
         if self.cfg and self.router and self.router.serving and self.candidate is None:
-            timeout = {"timeout": self.cfg.release.timeout} if self.cfg.release else {}
-            self.candidate = Mirror(self.cfg.mirror.model_copy(update=timeout))
+            self.candidate = Candidate(self.cfg)
 
     def _send_counts(self) -> None:
         if self.writer:
@@ -366,23 +372,33 @@ class ShadowDiff:
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Counts the request, decides who serves it (the release's stage) and whether to
         mirror it, at once. Only a safe request the candidate serves returns a coroutine
-        (mitmproxy awaits it, holding only that flow) that asks the candidate first."""
+        (mitmproxy awaits it, holding only that flow) that asks the candidate first; it is
+        counted once the candidate answered, so the books balance at any moment."""
         if self.sampler is None:
             return None
-        self.counts["seen"] += 1
         reason = self._not_eligible(flow)
-        if reason is None and self.router is not None and self._to_candidate(flow):
+        if reason is None and self._to_candidate(flow):
             if safe(flow.request.method):
                 return self._from_candidate(flow)
             # a write the release lets the candidate take: never copied to the primary
+            self.counts["seen"] += 1
             self.counts["served.candidate"] += 1
             self.counts["not_sampled.served_write"] += 1
             return None
+        self.counts["seen"] += 1
         self._sample(flow, reason, None)
         return None
 
     async def _from_candidate(self, flow: http.HTTPFlow) -> None:
-        self._sample(flow, None, await self._ask_candidate(flow))
+        assert self.candidate is not None
+        answer, failed = await self.candidate.ask(flow)
+        if self.stopping:  # its books went to the worker already (a script reload)
+            return
+        self.counts["seen"] += 1
+        if failed:
+            self.counts[f"fallback.{failed}"] += 1
+        # an answer too large to serve is no failure of the candidate's: no evidence
+        self._sample(flow, None, None if failed == "too_large" else answer)
 
     def _sample(self, flow: http.HTTPFlow, reason: str | None, candidate: Outcome | None) -> None:
         """Counts who served the request, then mirrors it if it is sampled. `candidate`: what
@@ -394,7 +410,10 @@ class ShadowDiff:
         if reason:
             self.counts[f"not_eligible.{reason}"] += 1
             return
-        reason = self.sampler.decide(request.method, request.path, request.headers.get)
+        if candidate is not None and not served and not self.sampler.paused:
+            reason = None  # a fallback is rare evidence against the candidate: always kept
+        else:
+            reason = self.sampler.decide(request.method, request.path, request.headers.get)
         if reason:
             self.counts[f"not_sampled.{reason}"] += 1
             return
@@ -423,49 +442,33 @@ class ShadowDiff:
             self.counts["dropped.worker_down" if self._down() else "dropped.backlog"] += 1
 
     def _to_candidate(self, flow: http.HTTPFlow) -> bool:
-        """Whether the stage serves the request from the candidate. A write goes there only
-        where `release.writes` allows it, forwarded by mitmproxy itself (never retried)."""
-        assert self.router is not None and self.cfg is not None
-        request = flow.request
+        """Whether the stage serves the request from the candidate: never while no worker
+        runs (no controller could roll it back). A write goes there only where
+        `release.writes` allows it, forwarded by mitmproxy itself."""
+        router, candidate, request = self.router, self.candidate, flow.request
+        if router is None or candidate is None or not router.serving or self._down():
+            return False
         peer = flow.client_conn.peername
-        if not self.router.serves(request.path, request.headers.get, peer[0] if peer else ""):
+        if not router.serves(request.path, request.headers.get, peer[0] if peer else ""):
             return False
         if safe(request.method):
             return True
-        if not self.router.writable(request.method, request.path):
+        if not router.writable(request.method, request.path):
             return False
-        url = urlsplit(self.cfg.candidate())
-        request.scheme = url.scheme
-        request.host = url.hostname or ""
-        request.port = url.port or (443 if url.scheme == "https" else 80)
+        candidate.redirect(request)
+        self.writes.add(flow.id)
         return True
 
-    async def _ask_candidate(self, flow: http.HTTPFlow) -> Outcome:
-        """Asks the candidate for a safe request; its answer becomes the response unless it
-        failed (an error, a timeout within `release.timeout`, a 5xx): then the request goes
-        on to the primary, as if never asked, and the fallback is counted."""
-        assert self.candidate is not None and self.cfg is not None
-        request = flow.request
-        snapshot = RequestSnapshot(
-            flow.id,
-            request.method,
-            request.path,
-            list(request.headers.fields),
-            request.raw_content or b"",
-            request.timestamp_start,
-        )
-        try:
-            outcome = await self.candidate.send(self.cfg.candidate(), snapshot, served=True)
-        except Unsendable:
-            outcome = Outcome(error="protocol")
-        failed = outcome.error or ("5xx" if (outcome.status or 0) >= 500 else None)
-        if failed:
-            self.counts[f"fallback.{failed}"] += 1
-        elif flow.response is None and flow.live:  # the client may have gone meanwhile
-            flow.response = _response(request.method, outcome)
-        return outcome
+    def _count_write(self, flow: http.HTTPFlow, failed: bool) -> None:
+        """A write's outcome, by who served it: the served writes' evidence (the gate
+        compares the candidate's failures with the primary's)."""
+        side = "candidate" if flow.id in self.writes else "primary"
+        self.writes.discard(flow.id)
+        self.counts[f"writes.{side}.{'failed' if failed else 'ok'}"] += 1
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if self.router is not None and flow.response and not safe(flow.request.method):
+            self._count_write(flow, flow.response.status_code >= 500)
         if flow.id not in self.pending or flow.response is None:
             return
         self.pending.discard(flow.id)
@@ -496,12 +499,19 @@ class ShadowDiff:
         self._hand_off(PrimaryResult(flow.id, outcome, skip))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.id not in self.pending or flow.error is None:
+        if flow.error is None:
+            return
+        message = flow.error.msg
+        # the client hung up (or the flow was killed): nothing the server did, so no outcome
+        gone = message.lower().startswith(_CLIENT_GONE) or message == flow.error.KILLED_MESSAGE
+        if self.router is not None and not safe(flow.request.method):
+            if gone:
+                self.writes.discard(flow.id)
+            else:
+                self._count_write(flow, True)
+        if flow.id not in self.pending:
             return
         self.pending.discard(flow.id)
-        message = flow.error.msg
-        # the client hung up (or the flow was killed): nothing the primary did, so no outcome
-        gone = message.lower().startswith(_CLIENT_GONE) or message == flow.error.KILLED_MESSAGE
         outcome = Outcome(error=primary_error_kind(message))
         self._hand_off(PrimaryResult(flow.id, outcome, "client_gone" if gone else None))
 
@@ -542,31 +552,6 @@ class ShadowDiff:
         counts it; once a snapshot is taken, the worker owns its fate and counts a primary
         result that never reaches it (`primary_lost`, or `shutdown`)."""
         return self.writer is not None and self.writer.send(record)
-
-
-_FRAMING = HOP_BY_HOP - {"host", "expect"}
-
-
-def _response(method: str, outcome: Outcome) -> http.Response:
-    """The candidate's answer as the client gets it: status, headers and body byte for
-    byte (still content-encoded), framed afresh by mitmproxy."""
-    assert outcome.status is not None
-    fields = [(k, v) for k, v in outcome.headers if k.decode("latin-1").lower() not in _FRAMING]
-    length = [v for k, v in outcome.headers if k.lower() == b"content-length"]
-    if method != "HEAD":
-        length = [str(len(outcome.body)).encode()]
-    fields += [(b"content-length", v) for v in length[:1]]
-    now = time.time()
-    return http.Response(
-        b"HTTP/1.1",
-        outcome.status,
-        status_codes.RESPONSES.get(outcome.status, "").encode(),
-        http.Headers(fields),
-        outcome.body,
-        None,
-        now,
-        now,
-    )
 
 
 def _exit_status(status: int) -> str:

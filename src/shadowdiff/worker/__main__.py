@@ -105,10 +105,11 @@ async def serve(sock: socket.socket) -> int:
             reader.send,
             alerter,
             lambda event: switch.events.append(event),
-            live.verdict,
+            lambda: live.verdict(wait=True),
             worker.merged,
         )
         rollout.on_rollback = live.rolled_back
+        rollout.stopped = lambda: switch.stopped is not None
     metrics = Metrics(cfg.run, worker.merged, gauges, cfg.routes.max)
     worker.recorder.on_written = metrics.observe
     worker.recorder.routes.on_merge = metrics.forget
@@ -125,10 +126,7 @@ async def serve(sock: socket.socket) -> int:
     flusher = asyncio.create_task(worker.flusher(stop))
     watcher = asyncio.create_task(live.watch(stop))
     reader.greet()  # first: what the controller tells the tap follows the greeting
-    releaser = None
-    if rollout:
-        await rollout.start()
-        releaser = asyncio.create_task(rollout.watch(stop))
+    releaser = asyncio.create_task(rollout.run(stop)) if rollout else None
     while (record := await reader.read()) is not None:
         worker.on_record(record)
     if server:  # first: the worker that replaces this one may be waiting for the port

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from shadowdiff import jsonpath
 from shadowdiff.compare import OTHER, Comparer, Redactor, RouteTable
 from shadowdiff.config import Config
+from shadowdiff.counts import SERVED_PAIRS
 from shadowdiff.model import (
     COUNTED,
     DIVERGENT,
@@ -283,6 +284,8 @@ class Recorder:
                 continue
             analysed.append(x)
             self.books["compared"] += 1
+            if x.request.served:  # a release stage's own evidence
+                self.books[SERVED_PAIRS] += 1
             self.books["route_overflow"] += x.route == OTHER
             self.books[result_of(x.shadow_diffs)] += 1
             x.kept = self.kept(x, example=self.keep_examples(x))

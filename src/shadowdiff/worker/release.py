@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shadowdiff.channel import Serving
 from shadowdiff.config import Config, Release, Stage
+from shadowdiff.counts import SERVED_PAIRS, by_reason
 from shadowdiff.faces import Alert, Alerter
 from shadowdiff.model import COMPLETE, HELD, ROLLED_BACK, RUNNING, Event, ReleaseState
-from shadowdiff.store import Store, StoreError, open_store
+from shadowdiff.store import Store, open_store
 
 if TYPE_CHECKING:
     from shadowdiff.judge.schema import VerdictDocument
@@ -32,7 +34,13 @@ logger = logging.getLogger("shadowdiff.live")  # the name operators filter on
 
 T = TypeVar("T")
 
-ACTIONS = ("promote", "hold", "rollback")
+ACTIONS = ("promote", "hold", "resume", "rollback")
+STALE = "stale"
+"""What a controller tells its tap while it cannot read the release's state: the primary
+serves everyone until it can (no controller could roll the candidate back meanwhile)."""
+UNREAD_FOR = 2.0
+"""Seconds of failed reads of the release's state (at least three polls) before the tap is
+told `stale`."""
 
 
 class Refused(ValueError):
@@ -43,27 +51,40 @@ def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def stage_pairs(plan: Release, stage: int, counts: dict[str, int]) -> int:
+    """The run's count of the pairs a stage's gate counts: every compared exchange in the
+    shadow stage, only those the candidate served in a cohort or percent stage (a stage
+    that serves no one never passes its gate on mirrored traffic)."""
+    shadow = plan.stages[stage].kind == "shadow"
+    return counts.get("compared" if shadow else SERVED_PAIRS, 0)
+
+
 def decide(
-    plan: Release, state: ReleaseState, verdict: VerdictDocument, now: float
+    plan: Release,
+    state: ReleaseState,
+    verdict: VerdictDocument,
+    counts: dict[str, int],
+    now: float,
+    stopped: bool = False,
 ) -> ReleaseState | None:
     """The gate: what the release becomes on the run's verdict (None: it stays). A FAIL rolls
     back (or holds, `on_fail`) from any stage; a stage whose minimums are met advances on a
     PASS (with `promote: auto`) and, INCONCLUSIVE, is extended up to its `max_duration`, then
-    held for a person (or held at once, `on_inconclusive`)."""
+    held for a person (or held at once, `on_inconclusive`). `stopped`: this proxy mirrors
+    nothing (paused, dialled to 0), so no evidence comes: nothing is promoted meanwhile."""
     if state.state == ROLLED_BACK:
         return None
-    compared = verdict["counts"]["compared"]
     if verdict["verdict"] == "FAIL":
         failing = [c for c in verdict["checks"] if c["result"] == "FAIL"]
         why = "; ".join(f"{c['route']} {c['id']}: {c['detail']}" for c in failing[:3])
         target = ROLLED_BACK if plan.on_fail == "rollback" else HELD
         if state.state == target:
             return None
-        return _moved(state, state.stage, target, now, compared, "auto", f"FAIL: {why}")
-    if state.state != RUNNING:
+        return _moved(state, state.stage, target, now, state.base, "auto", f"FAIL: {why}")
+    if state.state != RUNNING or stopped:
         return None
     gate = plan.stages[state.stage].gate
-    pairs, spent = compared - state.base, now - state.since
+    pairs, spent = stage_pairs(plan, state.stage, counts) - state.base, now - state.since
     if pairs < gate.min_pairs or spent < gate.min_duration:
         return None
     met = f"{pairs} pairs in {_minutes(spent)}"
@@ -72,16 +93,22 @@ def decide(
             return _moved(state, state.stage, COMPLETE, now, state.base, "auto", f"PASS, {met}")
         if plan.promote == "manual":
             return None
-        return _moved(state, state.stage + 1, RUNNING, now, compared, "auto", f"PASS, {met}")
+        return _promoted(plan, state, now, counts, "auto", f"PASS, {met}")
     if plan.on_inconclusive == "extend" and spent < gate.longest:
         return None
     return _moved(state, state.stage, HELD, now, state.base, "auto", f"INCONCLUSIVE, {met}")
 
 
 def act(
-    plan: Release, state: ReleaseState, action: str, actor: str, now: float, compared: int
+    plan: Release,
+    state: ReleaseState,
+    action: str,
+    actor: str,
+    now: float,
+    counts: dict[str, int],
 ) -> ReleaseState:
-    """A person's `promote`, `hold` or `rollback`; raises `Refused` where it cannot apply."""
+    """A person's `promote`, `hold`, `resume` or `rollback`; raises `Refused` where it
+    cannot apply."""
     if state.state == ROLLED_BACK:
         raise Refused("the release is rolled back: start a new run to release again")
     if action == "rollback":
@@ -90,11 +117,23 @@ def act(
         if state.state == HELD:
             raise Refused("the release is held already")
         return _moved(state, state.stage, HELD, now, state.base, actor, "by hand")
+    if action == "resume":
+        if state.state != HELD:
+            raise Refused(f"the release is {state.state.replace('_', ' ')}, not held")
+        return _moved(state, state.stage, RUNNING, now, state.base, actor, "resumed by hand")
     if action != "promote":
-        raise Refused(f"no such action {action[:40]!r} (promote, hold or rollback)")
+        raise Refused(f"no such action {action[:40]!r} ({', '.join(ACTIONS)})")
     if state.stage == len(plan.stages) - 1:
         raise Refused("the release is at its last stage already")
-    return _moved(state, state.stage + 1, RUNNING, now, compared, actor, "by hand")
+    return _promoted(plan, state, now, counts, actor, "by hand")
+
+
+def _promoted(
+    plan: Release, state: ReleaseState, now: float, counts: dict[str, int], actor: str, why: str
+) -> ReleaseState:
+    """The next stage, its gate counting from now."""
+    stage = state.stage + 1
+    return _moved(state, stage, RUNNING, now, stage_pairs(plan, stage, counts), actor, why)
 
 
 def _moved(
@@ -107,18 +146,23 @@ def _moved(
     )
 
 
-def waits_for(plan: Release, state: ReleaseState, verdict: str, compared: int, now: float) -> str:
+def waits_for(
+    plan: Release, state: ReleaseState, verdict: str, counts: dict[str, int], now: float
+) -> str:
     """What the next gate waits for, in words (the dashboard, `ctl release status`)."""
     if state.state == ROLLED_BACK:
         return "nothing: rolled back, the primary serves everyone"
     if state.state == COMPLETE:
         return "nothing: the last stage passed its gate"
     if state.state == HELD:
-        return "a person: `shadowdiff ctl release promote` or `rollback`"
+        return "a person: `shadowdiff ctl release promote`, `resume` or `rollback`"
+    if state.state == STALE:
+        return "the store: this proxy cannot read the release's state (the primary serves)"
     gate = plan.stages[state.stage].gate
     more = []
-    if (pairs := gate.min_pairs - (compared - state.base)) > 0:
-        more.append(f"{pairs} more pairs")
+    served = "" if plan.stages[state.stage].kind == "shadow" else " served by the candidate"
+    if (pairs := gate.min_pairs - (stage_pairs(plan, state.stage, counts) - state.base)) > 0:
+        more.append(f"{pairs} more pairs{served}")
     if (left := gate.min_duration - (now - state.since)) > 0:
         more.append(_minutes(left) + " more")
     then = "a PASS verdict" if plan.promote == "auto" else "`shadowdiff ctl release promote`"
@@ -138,66 +182,81 @@ class Rollout:
         verdict: Callable[[], Awaitable[VerdictDocument]],
         served: Callable[[], dict[str, int]],
     ) -> None:
+        """`verdict`: the run's verdict, judged afresh; `served`: this proxy's counters."""
         assert cfg.release is not None
         self.cfg, self.plan = cfg, cfg.release
         self.send, self.alerter, self.record = send, alerter, record
         self.verdict, self.served = verdict, served
-        self.state: ReleaseState | None = None
-        self.last: tuple[str, int] = ("INCONCLUSIVE", 0)  # the last verdict and pairs judged
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
-        self.reader: Store | None = None
+        self.stopped: Callable[[], bool] = lambda: False
+        """Whether this proxy mirrors nothing (the switch): no evidence, no promotion."""
         self.on_rollback: Callable[[float, str], None] = lambda at, why: None
         """Told when this proxy rolled the release back (the incidents' mitigation)."""
+        self.state: ReleaseState | None = None
+        self.told: Serving | None = None
+        self.read_at = time.monotonic()  # the last read of the state that worked
+        self.last: tuple[str, dict[str, int]] = ("INCONCLUSIVE", {})  # the last judgement
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
+        self.reader: Store | None = None
 
-    async def start(self) -> None:
-        """Reads the release as the store holds it, or starts it at its first stage, and
-        tells the tap (which serves no one from the candidate until then)."""
-        try:
-            self._apply(await self._in_thread(self._load))
-        except StoreError as e:  # the next poll tries again; meanwhile, the primary serves
-            logger.error("cannot read the release's state: %s", e)
-
-    def _load(self) -> ReleaseState:
-        store, run = self._store(), self.cfg.run
-        state = store.release(run)
-        if state is None:
-            compared = store.counts(run).get("compared", 0)
-            first = ReleaseState(0, RUNNING, time.time(), compared, "proxy", "the run started")
-            store.move_release(run, first)
-            state = store.release(run) or first
-        return state
-
-    async def watch(self, stop: asyncio.Event) -> None:
-        """Reads the state every `release.poll`; judges the gate every `verdict_every`."""
-        judged = -float("inf")
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reads the release as the store holds it (or starts it at its first stage) and
+        tells the tap, which serves no one from the candidate until then; then reads it
+        every `release.poll` and judges the gate every `control.verdict_every`."""
+        judged = -math.inf
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.plan.poll)
-            if stop.is_set():
-                return
             try:
                 self._apply(await self._in_thread(self._load))
+                self.read_at = time.monotonic()
                 if time.monotonic() - judged >= self.cfg.control.verdict_every:
                     judged = time.monotonic()
                     await self._judge()
             except Exception as e:  # an unreadable store is shown by /healthz, not fatal
                 logger.error("cannot judge the release: %s", e)
+                self._unread()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.plan.poll)
+
+    def _load(self) -> ReleaseState:
+        store, run, last = self._store(), self.cfg.run, len(self.plan.stages) - 1
+        state = store.release(run)
+        if state is None:
+            counts = store.counts(run)
+            first = ReleaseState(0, RUNNING, time.time(), 0, "proxy", "the run started")
+            first = dataclasses.replace(first, base=stage_pairs(self.plan, 0, counts))
+            store.move_release(run, first)
+            state = store.release(run) or first
+        if state.stage > last:  # a plan shortened since: its last stage
+            state = dataclasses.replace(state, stage=last)
+        return state
+
+    def _unread(self) -> None:
+        """Too long without a read of the state: the tap serves no one from the candidate
+        (a rollback by another proxy might not be seen)."""
+        state = self.state
+        if state is not None and time.monotonic() - self.read_at >= max(
+            UNREAD_FOR, 3 * self.plan.poll
+        ):
+            self._tell_tap(Serving(state.stage, STALE))
 
     async def _judge(self) -> None:
+        """The gate on a fresh verdict; decided again at once on the state another proxy
+        wrote, when it moved the release first."""
         if self.state is None:
             return
         doc = await self.verdict()
-        self.last = (doc["verdict"], doc["counts"]["compared"])
-        new = decide(self.plan, self.state, doc, time.time())
-        if new is not None:
-            await self._move(new)
+        counts = await self._in_thread(lambda: self._store().counts(self.cfg.run))
+        self.last = (doc["verdict"], counts)
+        for _ in range(2):
+            new = decide(self.plan, self.state, doc, counts, time.time(), self.stopped())
+            if new is None or await self._move(new):
+                return
 
     async def act(self, action: str, actor: str) -> dict[str, Any]:
-        """A person's action, from the control server; raises `Refused`."""
+        """A person's action, from the control server; raises `Refused`, or `StoreError`."""
         if self.state is None:
             raise Refused("the release's state is not read yet: try again in a moment")
         counts = await self._in_thread(lambda: self._store().counts(self.cfg.run))
-        new = act(self.plan, self.state, action, actor, time.time(), counts.get("compared", 0))
+        new = act(self.plan, self.state, action, actor, time.time(), counts)
         if not await self._move(new):
             raise Refused("another proxy moved the release meanwhile: look again")
         return self.status()
@@ -216,9 +275,9 @@ class Rollout:
 
     def _tell(self, old: ReleaseState, new: ReleaseState) -> None:
         before, after = self._named(old), self._named(new)
-        kind = {ROLLED_BACK: "rollback", HELD: "hold", COMPLETE: "complete"}.get(
-            new.state, "promote"
-        )
+        kind = {ROLLED_BACK: "rollback", HELD: "hold", COMPLETE: "complete"}.get(new.state)
+        if kind is None:
+            kind = "promote" if new.stage != old.stage else "resume"
         at = time.time()
         self.record(Event(at, f"release_{kind}", new.actor, before, f"{after}: {new.why}"))
         if new.state == ROLLED_BACK:
@@ -242,39 +301,43 @@ class Rollout:
         return f"{stage.name()} ({state.state.replace('_', ' ')})"
 
     def _apply(self, state: ReleaseState) -> None:
-        """Tells the tap when the stage or state changed (from here or from another proxy)."""
+        """Takes the state as read or written, and tells the tap if that changes what it
+        serves (a change from here or from another proxy)."""
         old, self.state = self.state, state
-        if old is None or (old.stage, old.state) != (state.stage, state.state):
-            self.send(Serving(state.stage, state.state))
-            if old is not None and old.version != state.version and state.actor:
-                logger.info("release now %s (%s)", self._named(state), state.why)
+        if old is not None and old.version != state.version:
+            logger.info("release now %s (%s, by %s)", self._named(state), state.why, state.actor)
+        self._tell_tap(Serving(state.stage, state.state))
+
+    def _tell_tap(self, serving: Serving) -> None:
+        if serving != self.told:
+            self.told = serving
+            self.send(serving)
 
     def status(self) -> dict[str, Any]:
         """What the dashboard and `ctl release status` show."""
         state, plan, now = self.state, self.plan, time.time()
-        verdict, compared = self.last
-        counts = self.served()
-        served = {k: counts.get(f"served.{k}", 0) for k in ("primary", "candidate")}
-        fallbacks = {
-            k.removeprefix("fallback."): v for k, v in counts.items() if k.startswith("fallback.")
-        }
+        verdict, counts = self.last
+        mine = self.served()
+        served = {k: mine.get(f"served.{k}", 0) for k in ("primary", "candidate")}
         if state is None:
             return {"state": "unknown", "stages": [s.name() for s in plan.stages]}
+        if self.told and self.told.state == STALE:
+            state = dataclasses.replace(state, state=STALE)
         return {
             "stage": state.stage,
             "name": plan.stages[state.stage].name(),
             "state": state.state,
             "since": state.since,
             "in_stage": now - state.since,
-            "pairs_in_stage": max(compared - state.base, 0),
+            "pairs_in_stage": max(stage_pairs(plan, state.stage, counts) - state.base, 0),
             "actor": state.actor,
             "why": state.why,
             "verdict": verdict,
-            "waits_for": waits_for(plan, state, verdict, compared, now),
+            "waits_for": waits_for(plan, state, verdict, counts, now),
             "promote": plan.promote,
             "stages": [s.name() for s in plan.stages],
             "served": served,
-            "fallbacks": fallbacks,
+            "fallbacks": by_reason(mine, "fallback"),
         }
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:

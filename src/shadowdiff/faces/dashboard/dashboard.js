@@ -279,6 +279,7 @@
     const over = r.state === "rolled_back";
     $("release-promote").disabled = over || r.stage >= stages.length - 1;
     $("release-hold").disabled = over || r.state === "held";
+    $("release-resume").disabled = r.state !== "held";
     $("release-rollback").disabled = over;
   }
 
@@ -836,6 +837,7 @@
     for (const [action, label] of [
       ["promote", "Promoting the release"],
       ["hold", "Holding the release"],
+      ["resume", "Resuming the release"],
       ["rollback", "Rolling the release back"],
     ]) {
       $(`release-${action}`).addEventListener("click", () =>
