@@ -61,6 +61,7 @@ bench: $(STAMP) system
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/judgement.py
 	$(BIN)/python bench/verdict_scale.py
+	$(BIN)/python bench/rollout.py
 
 clean:
 	rm -rf .venv .venv312 .pytest_cache .mypy_cache .ruff_cache .coverage* demo.db*

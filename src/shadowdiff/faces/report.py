@@ -237,7 +237,9 @@ def render_html(doc: VerdictDocument, extras: Extras) -> str:
             verdict=verdict,
             verdict_class=verdict.lower() if verdict in VERDICTS else "inconclusive",
             doc=doc,
-            release_kinds={e["kind"] for e in doc["events"] if e["kind"].startswith("release_")},
+            release_kinds={
+                e["kind"] for e in doc.get("events", []) if e["kind"].startswith("release_")
+            },
             counts=[(k, v) for k, v in counts.items() if not isinstance(v, Mapping)],
             reasons=[(k, v) for k, v in counts.items() if isinstance(v, Mapping)],
             failing=_failing(checks),
