@@ -86,8 +86,9 @@ class Control:
 @dataclass(frozen=True, slots=True)
 class Serving:
     """Worker → tap: the release's stage (an index into `release.stages`) and its state as
-    the store holds it. The tap serves the stage's users from the candidate unless the state
-    is `rolled_back`."""
+    the store holds it. The tap serves the stage's users from the candidate only while it is
+    running, held or complete: neither when rolled back nor when `stale` (the controller
+    cannot read the state)."""
 
     stage: int
     state: str

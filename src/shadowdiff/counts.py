@@ -8,6 +8,10 @@ candidate failed, served by the primary):
 
     seen    = served.primary + served.candidate,   fallback.* ⊆ served.primary
 
+A write the candidate serves is `not_sampled.served_write` (never copied to the primary);
+`writes.candidate|primary.ok|failed`, the writes on the routes the candidate may serve them,
+stand outside the books: the evidence of the `served_writes` check.
+
 The tap owns seen, not_eligible, not_sampled, sampled, served, fallback and the drops at
 hand-off; the worker owns recorded and the drops after it received a snapshot. Names are
 disjoint, so the store can simply add them up.

@@ -109,7 +109,7 @@ class ReleaseState:
     stage: int
     state: str
     since: float
-    """When the stage (or the state) began, epoch seconds."""
+    """When the stage began (or was resumed), epoch seconds: its gate's clock."""
     base: int
     """The run's pairs compared when the stage began: the stage's own are those beyond."""
     actor: str

@@ -253,13 +253,14 @@ async def test_a_rollback_applies_to_the_next_request_and_survives_a_restart(
         proxy = await start_proxy(*flags, config=config)
         assert await get(client, f"{proxy.url}/a") == "primary"
         ctl(proxy, "promote")
-        assert set(await many(client, [(f"{proxy.url}/a", {})] * 40)) == {"candidate"}
+        # two at a time: a burst's copies are left untimed by the worker's busy loop
+        assert set(await many(client, [(f"{proxy.url}/a", {})] * 40, at_once=2)) == {"candidate"}
         await proxy.stop()
         report = shadowdiff("report", f"--store={proxy.store}", "--run=test", "--format=json")
         doc = json.loads(report.stdout)
         assert doc["counts"]["compared"] == 41
         [latency] = [c for c in doc["checks"] if c["id"] == "latency"]
-        assert latency["n"] >= 20  # what the candidate served is paired (a busy loop's untimed)
+        assert latency["n"] >= 20  # what the candidate served is paired
 
         proxy = await start_proxy(*flags, config=config)  # the same store and run
         state = await release(client, proxy)

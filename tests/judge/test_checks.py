@@ -421,3 +421,21 @@ def test_a_method_the_primary_copy_never_takes_says_why_it_has_no_pair():
     assert detail.startswith("no latency pair: only GET, HEAD and OPTIONS get a timed copy")
     gets = replace(route("GET /orders", latency=(empty, empty)), reference="primary")
     assert check(judge([gets], JudgeConfig()), "latency", "GET /orders").detail.startswith("only 0")
+
+
+def test_served_writes_fail_at_any_count_and_pass_only_on_enough():
+    """A write is never retried, so every failure reached a user: a clear excess FAILs
+    however few writes there were; a PASS waits for min_pairs; without the primary's writes
+    to compare with, the candidate's are held to none failing."""
+    cfg = JudgeConfig(min_pairs=50)
+    every = checks.writes_check(checks.Writes(12, 12, 0, 1_000), cfg)
+    assert (every.result, every.critical, every.n) == ("FAIL", True, 12)
+    few = checks.writes_check(checks.Writes(0, 12, 3, 1_000), cfg)
+    assert few.result == "INCONCLUSIVE" and few.needs == Needs(38, None)
+    same = checks.writes_check(checks.Writes(8, 100, 10, 100), cfg)
+    assert same.result == "PASS"
+    alone = checks.writes_check(checks.Writes(5, 60, 0, 0), cfg)
+    assert alone.result == "FAIL" and "the primary served none" in alone.detail
+    nothing_else = judge([], cfg, writes=checks.Writes(0, 60, 0, 0))
+    assert nothing_else.verdict == "INCONCLUSIVE"  # no compared exchange: never a PASS
+    assert judge([], cfg, writes=checks.Writes(9, 9, 0, 0)).verdict == "FAIL"

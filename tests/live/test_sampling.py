@@ -116,3 +116,16 @@ def test_pause_stops_everything_and_the_dial_overrides_every_rate():
     hits = sum(s.decide("GET", f"/hot/{i}", no_headers) is None for i in range(10_000))
     assert 2800 <= hits <= 3200  # binomial sd 46
     assert s.decide("POST", "/", no_headers) == "method"  # the dial never widens the rules
+
+
+def test_a_kept_request_skips_only_the_rate_and_the_cap():
+    """A release's fallback is kept whatever the rate; not when paused, dialled to 0, or
+    ruled out by method or path."""
+    s = sampler(rate=0.0001, max_per_second=0.001, exclude=["/private*"])
+    assert [s.decide("GET", "/a", no_headers, kept=True) for _ in range(5)] == [None] * 5
+    assert s.decide("GET", "/private/1", no_headers, kept=True) == "path"
+    assert s.decide("POST", "/a", no_headers, kept=True) == "method"
+    s.dial = 0.0
+    assert s.decide("GET", "/a", no_headers, kept=True) == "rate"
+    s.paused = True
+    assert s.decide("GET", "/a", no_headers, kept=True) == "paused"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+
 import pytest
 
+from shadowdiff.channel import Serving
 from shadowdiff.config import load_config
+from shadowdiff.faces import Alerter
 from shadowdiff.model import ReleaseState
-from shadowdiff.worker.release import Refused, act, decide, stage_pairs, waits_for
+from shadowdiff.worker.release import Refused, Rollout, act, decide, stage_pairs, waits_for
 
 STAGES = [
     {"shadow": {"min_pairs": 100, "min_duration": "1m", "max_duration": "3m"}},
@@ -117,9 +122,34 @@ def test_no_promotion_while_mirroring_is_stopped_but_a_fail_still_rolls_back():
     assert moved is not None and moved.state == "rolled_back"
 
 
-def test_a_held_stage_resumes_under_its_gate():
+def test_a_held_stage_resumes_its_gate_counting_afresh():
     held = ReleaseState(1, "held", 1000.0, 3, "x", "y")
-    resumed = act(plan(), held, "resume", "ada", 1500.0, counts(0))
-    assert (resumed.stage, resumed.state, resumed.since, resumed.base) == (1, "running", 1000.0, 3)
+    resumed = act(plan(), held, "resume", "ada", 1500.0, counts(0, 9))
+    assert (resumed.stage, resumed.state, resumed.since, resumed.base) == (1, "running", 1500.0, 9)
+    # its extension ran out before the hold: it counts afresh, not held again at once
+    assert decide(plan(), resumed, verdict("INCONCLUSIVE"), counts(0, 100), 1520.0) is None
     with pytest.raises(Refused, match="not held"):
         act(plan(), START, "resume", "ada", 1500.0, counts(0))
+
+
+async def test_a_controller_that_cannot_read_the_store_says_stale(tmp_path):
+    """No read of the release's state for 2 s: the tap is told `stale` (the primary serves),
+    whatever the controller knew before."""
+    doc = {
+        "shadow": "http://c:1",
+        "primary": "http://p:1",
+        "store": str(tmp_path / "missing.db"),
+        "release": {"stages": STAGES, "poll": "100ms"},
+    }
+    cfg = load_config(None, doc)
+    told: list[Serving] = []
+    rollout = Rollout(cfg, told.append, Alerter(cfg.alerts, "r", Counter()), print, None, dict)
+    stop = asyncio.Event()
+    running = asyncio.create_task(rollout.run(stop))
+    await asyncio.sleep(1.5)
+    assert told == []  # never read: the tap routes nobody to the candidate anyway
+    await asyncio.sleep(1.0)
+    assert told == [Serving(0, "stale")]
+    stop.set()
+    await running
+    await rollout.close()

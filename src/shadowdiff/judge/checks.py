@@ -471,20 +471,8 @@ class Writes:
 def writes_check(w: Writes, cfg: JudgeConfig) -> Check:
     """The candidate's served writes fail (a 5xx, an error) no more often than the
     primary's, by the errors check's margin and interval; than none, while the primary
-    served no write to compare with (a 100 % stage)."""
-    if w.candidate < cfg.min_pairs:
-        more = cfg.min_pairs - w.candidate
-        return Check(
-            "served_writes",
-            "*",
-            INCONCLUSIVE,
-            None,
-            cfg.error_rate_margin,
-            w.candidate,
-            None,
-            detail=f"{w.candidate} writes served by the candidate; {cfg.min_pairs} needed",
-            needs=Needs(more, None),
-        )
+    served no write to compare with (a 100 % stage). A FAIL needs no minimum (a write is
+    never retried: every failure reached a user); a PASS needs `min_pairs` writes."""
     if w.primary:
         d, lo, hi = newcombe(
             w.candidate_failed, w.candidate, w.primary_failed, w.primary, cfg.confidence
@@ -499,7 +487,10 @@ def writes_check(w: Writes, cfg: JudgeConfig) -> Check:
         f" (difference {100 * d:+.1f} points, {100 * cfg.confidence:g} % CI"
         f" {100 * lo:+.1f} to {100 * hi:+.1f})"
     )
-    result = FAIL if lo > cfg.error_rate_margin else PASS
+    result, needs = FAIL if lo > cfg.error_rate_margin else PASS, None
+    if result == PASS and w.candidate < cfg.min_pairs:
+        result, needs = INCONCLUSIVE, Needs(cfg.min_pairs - w.candidate, None)
+        detail += f"; {cfg.min_pairs} writes needed"
     return Check(
         "served_writes",
         "*",
@@ -510,6 +501,7 @@ def writes_check(w: Writes, cfg: JudgeConfig) -> Check:
         (lo, hi),
         critical=True,
         detail=detail,
+        needs=needs,
     )
 
 
@@ -525,7 +517,7 @@ def judge(
     a recorded primary): latency checks are then INCONCLUSIVE with that note, and no count of
     pairs would decide them.
     """
-    if not routes and writes is None:
+    if not routes:
         nothing = Check(
             "min_sample",
             "*",
@@ -537,7 +529,9 @@ def judge(
             detail="no compared exchanges at all",
             needs=Needs(cfg.min_pairs, None),
         )
-        return Verdict(INCONCLUSIVE, [_said(nothing)])
+        checks = [_said(nothing)] + ([_said(writes_check(writes, cfg))] if writes else [])
+        failed = any(c.result == FAIL for c in checks)
+        return Verdict(FAIL if failed else INCONCLUSIVE, checks)
     checks = [c for rd in routes for c in _route_checks(rd, cfg, latency_note)]
     if writes is not None:
         checks.append(_said(writes_check(writes, cfg)))

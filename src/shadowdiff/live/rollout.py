@@ -133,7 +133,7 @@ class Candidate:
         try:
             outcome = await self.client.send(self.url, snapshot, served=True)
         except Unsendable:  # not_eligible.bad_header keeps these out; a guard all the same
-            outcome = Outcome(error="protocol")
+            return Outcome(error="protocol"), "unsendable"
         failed = outcome.error or ("5xx" if (outcome.status or 0) >= 500 else None)
         if failed is None and flow.response is None and flow.live:  # the client may be gone
             flow.response = response(request.method, outcome)

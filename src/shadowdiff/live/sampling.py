@@ -113,8 +113,10 @@ class Sampler:
         self.paused = False
         self.dial: float | None = None
 
-    def decide(self, method: str, path: str, header: Lookup) -> str | None:
-        """`None` means mirror it; otherwise the `not_sampled` reason."""
+    def decide(self, method: str, path: str, header: Lookup, kept: bool = False) -> str | None:
+        """`None` means mirror it; otherwise the `not_sampled` reason. `kept`: a request
+        mirrored whatever the rate and the cap (a release's fallback), unless paused, dialled
+        to 0 or ruled out by method or path."""
         if self.paused:
             return "paused"
         bare, _, query = path.partition("?")
@@ -129,6 +131,8 @@ class Sampler:
         rate = rule.rate if rule and rule.rate is not None else self.rate
         if self.dial is not None:
             rate = self.dial
+        if kept:
+            return "rate" if rate == 0 else None
         key = lookup(self.sticky, query, header) if self.sticky else None
         draw = sticky_fraction(key) if key is not None else self.random()
         if draw >= rate:

@@ -42,7 +42,6 @@ from shadowdiff.channel import (
 from shadowdiff.config import (
     SHADOW_MARKER,
     Config,
-    Release,
     access_token,
     destinations,
     load_config,
@@ -69,9 +68,6 @@ _UNSENDABLE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _last_control = Control(paused=False, rate=None)
 """The switch and the dial as last set: mitmproxy re-creates the addon on a script reload,
 but this module stays loaded, so a paused proxy stays paused."""
-_last_serving: Serving | None = None
-"""The release's stage as last heard from the worker, kept across a script reload alike.
-None: not heard yet, and the primary serves everyone until the worker has read the store."""
 
 
 @dataclass
@@ -125,6 +121,9 @@ def _reverse_target(modes: Sequence[str]) -> str | None:
     return targets.pop() if len(targets) == 1 else None
 
 
+_NO_EVIDENCE = ("too_large", "unsendable")
+"""Fallbacks that say nothing of the candidate: an answer too large to serve, a request the
+client refuses to build."""
 _CLIENT_GONE = ("client disconnected", "stream reset by client")
 """How mitmproxy's errors begin when the client went away (HTTP/1, HTTP/2)."""
 
@@ -162,9 +161,12 @@ class ShadowDiff:
         self.final: Final | None = None  # the last worker's final books, once it answered
         self.last_exit: int | None = None  # the exit status of the last worker that died
         self.control = _last_control  # a reloaded script keeps the switch and the dial
-        self.serving = _last_serving
-        self.release: Release | None = config.release if config else None
-        """The plan the running worker's controller judges (a reload's applies on restart)."""
+        self.serving: Serving | None = None
+        """The stage as the running worker's controller last said it; None: not said yet,
+        and the primary serves everyone (a new worker says it once it read the store)."""
+        self.released: Config | None = config if config and config.release else None
+        """The config the running worker's controller has the plan from: the tap routes by
+        the same plan and candidate (a configure while it runs changes neither)."""
         self.router: Router | None = None
         self.candidate: Candidate | None = None
         self.writes: set[str] = set()  # flows of writes the candidate serves
@@ -221,7 +223,7 @@ class ShadowDiff:
         self.sampler = Sampler(cfg.sampling)
         self._apply(self.control)  # the switch and the dial outlive a config reload
         if self.worker is None:  # the running worker's controller keeps the plan it has
-            self.release = cfg.release
+            self.released = cfg if cfg.release else None
         self._route(self.serving)
 
     # -- lifecycle (sync, so a reloaded script restarts its worker cleanly) ---------------
@@ -239,6 +241,7 @@ class ShadowDiff:
         """Starts the worker unless it runs; the future turns True once it reads, False if
         it died first. `shadowdiff proxy` awaits it before taking traffic."""
         if self.writer is None:
+            self._route(None)  # until this worker's controller has read the release's state
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "shadowdiff.worker", "--fd", str(theirs.fileno())],
@@ -357,11 +360,11 @@ class ShadowDiff:
 
     def _route(self, serving: Serving | None) -> None:
         """The release's stage applies from the very next request."""
-        global _last_serving
-        self.serving = _last_serving = serving
-        self.router = Router(self.release, serving) if self.release else None
-        if self.cfg and self.router and self.router.serving and self.candidate is None:
-            self.candidate = Candidate(self.cfg)
+        self.serving = serving
+        released = self.released
+        self.router = Router(released.release, serving) if released and released.release else None
+        if released and self.router and self.router.serving and self.candidate is None:
+            self.candidate = Candidate(released)
 
     def _send_counts(self) -> None:
         if self.writer:
@@ -391,14 +394,19 @@ class ShadowDiff:
 
     async def _from_candidate(self, flow: http.HTTPFlow) -> None:
         assert self.candidate is not None
+        answer: Outcome | None
         answer, failed = await self.candidate.ask(flow)
         if self.stopping:  # its books went to the worker already (a script reload)
             return
         self.counts["seen"] += 1
+        if flow.response is not None and not self._serves(flow):
+            # rolled back (or the worker died) while the candidate answered: the primary
+            flow.response, answer, failed = None, None, None
         if failed:
             self.counts[f"fallback.{failed}"] += 1
-        # an answer too large to serve is no failure of the candidate's: no evidence
-        self._sample(flow, None, None if failed == "too_large" else answer)
+        if failed in _NO_EVIDENCE:
+            answer = None
+        self._sample(flow, None, answer)
 
     def _sample(self, flow: http.HTTPFlow, reason: str | None, candidate: Outcome | None) -> None:
         """Counts who served the request, then mirrors it if it is sampled. `candidate`: what
@@ -410,16 +418,16 @@ class ShadowDiff:
         if reason:
             self.counts[f"not_eligible.{reason}"] += 1
             return
-        if candidate is not None and not served and not self.sampler.paused:
-            reason = None  # a fallback is rare evidence against the candidate: always kept
-        else:
-            reason = self.sampler.decide(request.method, request.path, request.headers.get)
+        # a fallback is rare evidence against the candidate: kept whatever the sample rate
+        fallback = candidate is not None and not served
+        reason = self.sampler.decide(request.method, request.path, request.headers.get, fallback)
         if reason:
             self.counts[f"not_sampled.{reason}"] += 1
             return
         self.counts["sampled"] += 1
         body = request.raw_content or b""
-        if len(body) > self.cfg.mirror.max_body:
+        answer = candidate.body if served and candidate else b""
+        if max(len(body), len(answer)) > self.cfg.mirror.max_body:  # the primary's copy too
             self.counts["dropped.too_large"] += 1
             return
         if self._down():
@@ -441,29 +449,42 @@ class ShadowDiff:
         else:
             self.counts["dropped.worker_down" if self._down() else "dropped.backlog"] += 1
 
-    def _to_candidate(self, flow: http.HTTPFlow) -> bool:
+    def _serves(self, flow: http.HTTPFlow) -> bool:
         """Whether the stage serves the request from the candidate: never while no worker
-        runs (no controller could roll it back). A write goes there only where
-        `release.writes` allows it, forwarded by mitmproxy itself."""
-        router, candidate, request = self.router, self.candidate, flow.request
-        if router is None or candidate is None or not router.serving or self._down():
+        runs (no controller could roll it back)."""
+        router, request = self.router, flow.request
+        if router is None or self.candidate is None or not router.serving or self._down():
             return False
         peer = flow.client_conn.peername
-        if not router.serves(request.path, request.headers.get, peer[0] if peer else ""):
+        return router.serves(request.path, request.headers.get, peer[0] if peer else "")
+
+    def _to_candidate(self, flow: http.HTTPFlow) -> bool:
+        """Whether the candidate serves the request; a write goes there only where
+        `release.writes` allows it, forwarded by mitmproxy itself."""
+        request = flow.request
+        if not self._serves(flow):
             return False
         if safe(request.method):
             return True
-        if not router.writable(request.method, request.path):
+        assert self.router is not None and self.candidate is not None
+        if not self.router.writable(request.method, request.path):
             return False
-        candidate.redirect(request)
+        self.candidate.redirect(request)
         self.writes.add(flow.id)
         return True
 
     def _count_write(self, flow: http.HTTPFlow, failed: bool) -> None:
-        """A write's outcome, by who served it: the served writes' evidence (the gate
-        compares the candidate's failures with the primary's)."""
-        side = "candidate" if flow.id in self.writes else "primary"
-        self.writes.discard(flow.id)
+        """A write's outcome, by who served it, on the routes whose writes the candidate may
+        serve: the served writes' evidence, and the primary's to compare it with."""
+        assert self.router is not None
+        request = flow.request
+        if flow.id in self.writes:
+            self.writes.discard(flow.id)
+            side = "candidate"
+        elif self.router.writable(request.method, request.path) and not flow.is_replay:
+            side = "primary"
+        else:
+            return
         self.counts[f"writes.{side}.{'failed' if failed else 'ok'}"] += 1
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -505,7 +526,7 @@ class ShadowDiff:
         # the client hung up (or the flow was killed): nothing the server did, so no outcome
         gone = message.lower().startswith(_CLIENT_GONE) or message == flow.error.KILLED_MESSAGE
         if self.router is not None and not safe(flow.request.method):
-            if gone:
+            if gone or flow.response is not None:  # nobody's failure, or counted already
                 self.writes.discard(flow.id)
             else:
                 self._count_write(flow, True)

@@ -110,6 +110,7 @@ async def serve(sock: socket.socket) -> int:
         )
         rollout.on_rollback = live.rolled_back
         rollout.stopped = lambda: switch.stopped is not None
+        switch.on_paused = rollout.paused
     metrics = Metrics(cfg.run, worker.merged, gauges, cfg.routes.max)
     worker.recorder.on_written = metrics.observe
     worker.recorder.routes.on_merge = metrics.forget

@@ -27,6 +27,8 @@ def plan(
     if request.served:
         assert cfg.primary is not None  # the config refuses a serving release without it
         copies.append(("primary", cfg.primary))
+        if reference == "proxy":  # no proxy span here: the primary's copy times it
+            reference = "primary"
     elif request.candidate is not None:
         copies = [(name, url) for name, url in copies if name != "shadow"]
         reference = None

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +36,9 @@ T = TypeVar("T")
 ACTIONS = ("promote", "hold", "resume", "rollback")
 STALE = "stale"
 """What a controller tells its tap while it cannot read the release's state: the primary
-serves everyone until it can (no controller could roll the candidate back meanwhile)."""
+serves everyone until it can (a rollback by another proxy could not be seen meanwhile)."""
 UNREAD_FOR = 2.0
-"""Seconds of failed reads of the release's state (at least three polls) before the tap is
+"""Seconds without a read of the release's state (at least three polls) before the tap is
 told `stale`."""
 
 
@@ -117,10 +116,13 @@ def act(
         if state.state == HELD:
             raise Refused("the release is held already")
         return _moved(state, state.stage, HELD, now, state.base, actor, "by hand")
-    if action == "resume":
+    if action == "resume":  # the stage's gate counts afresh: a hold ran out its extension
         if state.state != HELD:
             raise Refused(f"the release is {state.state.replace('_', ' ')}, not held")
-        return _moved(state, state.stage, RUNNING, now, state.base, actor, "resumed by hand")
+        base = stage_pairs(plan, state.stage, counts)
+        return dataclasses.replace(
+            state, state=RUNNING, since=now, base=base, actor=actor, why="resumed by hand"
+        )
     if action != "promote":
         raise Refused(f"no such action {action[:40]!r} ({', '.join(ACTIONS)})")
     if state.stage == len(plan.stages) - 1:
@@ -194,6 +196,8 @@ class Rollout:
         self.state: ReleaseState | None = None
         self.told: Serving | None = None
         self.read_at = time.monotonic()  # the last read of the state that worked
+        self.failing = ""  # what last failed, said once
+        self.moving: set[asyncio.Future[bool]] = set()
         self.last: tuple[str, dict[str, int]] = ("INCONCLUSIVE", {})  # the last judgement
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="release")
         self.reader: Store | None = None
@@ -201,20 +205,40 @@ class Rollout:
     async def run(self, stop: asyncio.Event) -> None:
         """Reads the release as the store holds it (or starts it at its first stage) and
         tells the tap, which serves no one from the candidate until then; then reads it
-        every `release.poll` and judges the gate every `control.verdict_every`."""
-        judged = -math.inf
+        every `release.poll`, and beside that judges the gate every `verdict_every` (a long
+        judgement never holds up a read)."""
+        judge = asyncio.create_task(self._judging(stop))
         while not stop.is_set():
+            reading = asyncio.ensure_future(self._in_thread(self._load))
+            while not reading.done():  # a read that hangs is found stale all the same
+                await asyncio.wait({reading}, timeout=self.plan.poll)
+                self._staleness()
             try:
-                self._apply(await self._in_thread(self._load))
+                self._apply(reading.result())
                 self.read_at = time.monotonic()
-                if time.monotonic() - judged >= self.cfg.control.verdict_every:
-                    judged = time.monotonic()
-                    await self._judge()
             except Exception as e:  # an unreadable store is shown by /healthz, not fatal
-                logger.error("cannot judge the release: %s", e)
-                self._unread()
+                self._failed("cannot read the release's state", e)
+            self._staleness()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.plan.poll)
+        await judge
+
+    async def _judging(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.control.verdict_every)
+            if stop.is_set():
+                return
+            try:
+                await self._judge()
+            except Exception as e:  # the store's trouble is reported by /healthz too
+                self._failed("cannot judge the release", e)
+
+    def _failed(self, what: str, e: Exception) -> None:
+        """Logs a failure once, not at every poll, until something works again."""
+        if self.failing != what:
+            self.failing = what
+            logger.error("%s: %s", what, e)
 
     def _load(self) -> ReleaseState:
         store, run, last = self._store(), self.cfg.run, len(self.plan.stages) - 1
@@ -229,14 +253,11 @@ class Rollout:
             state = dataclasses.replace(state, stage=last)
         return state
 
-    def _unread(self) -> None:
+    def _staleness(self) -> None:
         """Too long without a read of the state: the tap serves no one from the candidate
         (a rollback by another proxy might not be seen)."""
-        state = self.state
-        if state is not None and time.monotonic() - self.read_at >= max(
-            UNREAD_FOR, 3 * self.plan.poll
-        ):
-            self._tell_tap(Serving(state.stage, STALE))
+        if time.monotonic() - self.read_at >= max(UNREAD_FOR, 3 * self.plan.poll):
+            self._tell_tap(Serving(self.state.stage if self.state else 0, STALE))
 
     async def _judge(self) -> None:
         """The gate on a fresh verdict; decided again at once on the state another proxy
@@ -249,17 +270,33 @@ class Rollout:
         for _ in range(2):
             new = decide(self.plan, self.state, doc, counts, time.time(), self.stopped())
             if new is None or await self._move(new):
+                self.failing = ""
                 return
 
     async def act(self, action: str, actor: str) -> dict[str, Any]:
-        """A person's action, from the control server; raises `Refused`, or `StoreError`."""
+        """A person's action, from the control server; raises `Refused`, or `StoreError`.
+        Applied again on the state read afresh when the gate (here or on another proxy)
+        moved the release meanwhile: a rollback or a hold always still applies."""
         if self.state is None:
             raise Refused("the release's state is not read yet: try again in a moment")
         counts = await self._in_thread(lambda: self._store().counts(self.cfg.run))
-        new = act(self.plan, self.state, action, actor, time.time(), counts)
-        if not await self._move(new):
-            raise Refused("another proxy moved the release meanwhile: look again")
-        return self.status()
+        for _ in range(2):
+            if await self._move(act(self.plan, self.state, action, actor, time.time(), counts)):
+                return self.status()
+        raise Refused("the release moved twice meanwhile: look again")
+
+    def paused(self, actor: str) -> None:
+        """Mirroring was paused here (on the loop): paused by the automatic kill switch on
+        the candidate's errors while a stage serves it, the release is rolled back (its
+        evidence would stop while it keeps serving users)."""
+        state = self.state
+        serving = state is not None and self.plan.stages[state.stage].kind != "shadow"
+        if not (serving and actor.startswith("auto") and state and state.state != ROLLED_BACK):
+            return
+        new = _moved(state, state.stage, ROLLED_BACK, time.time(), state.base, "auto", actor)
+        task = asyncio.ensure_future(self._move(new))
+        self.moving.add(task)
+        task.add_done_callback(self.moving.discard)
 
     async def _move(self, new: ReleaseState) -> bool:
         """Writes `new` on the version it was decided on; the proxy whose write wins tells

@@ -37,6 +37,8 @@ class Switch:
         self.recent: deque[bool] = deque(maxlen=cfg.alerts.auto_pause.window)
         self.on_mitigation: Callable[[], None] = lambda: None
         """Told when mirroring stops here: paused, or dialled to 0 (see `stopped`)."""
+        self.on_paused: Callable[[str], None] = lambda actor: None
+        """Told who paused mirroring here (`auto: …` for the automatic kill switch)."""
         self.stopped: tuple[float, str] | None = None
         """Since when and why this proxy mirrors nothing (paused or dialled to 0), if so."""
         if control.paused or control.rate == 0:  # as the worker before this one left it
@@ -71,6 +73,8 @@ class Switch:
         if new.paused != old.paused:
             kind = "paused" if new.paused else "resumed"
             self.events.append(Event(now, kind, actor, _flag(old.paused), _flag(new.paused)))
+            if new.paused:
+                self.on_paused(actor)
             logger.warning("mirroring %s by %s", kind, actor)
             self.alerter.fire(
                 Alert(
