@@ -226,6 +226,20 @@ async def test_database_outage_leaves_live_traffic_alone_and_loses_nothing(
         await runner.cleanup()
 
 
+async def settled(client: aiohttp.ClientSession, controls: list[int], exchanges: int) -> None:
+    """Returns once the proxies on `controls` have compared `exchanges` between them."""
+    deadline = time.monotonic() + 20
+    while True:
+        compared = 0
+        for port in controls:
+            async with client.get(f"http://127.0.0.1:{port}/api/status") as response:
+                compared += (await response.json())["counts"].get("compared", 0)
+        if compared >= exchanges:
+            return
+        assert time.monotonic() < deadline, f"{compared} of {exchanges} compared"
+        await asyncio.sleep(0.05)
+
+
 def free_pair() -> int:
     """A port p with p + 1 free too: `--processes 2` takes both."""
     while True:
@@ -257,6 +271,9 @@ async def test_processes_run_a_fleet_on_one_host(client, tmp_path, cluster: Clus
                 await wait_listening(port, timeout=30)
             async with nginx(tmp_path, [listen, listen + 1]) as balancer:
                 assert set(await drive(client, balancer, 100)) == {200}
+            # the services answer on this loop, which the commands below hold: their copies
+            # (the primary's goes once the live answer is in) must be back first
+            await settled(client, [control, control + 1], 100)
             done = shadowdiff(
                 "ctl",
                 f"--url=http://127.0.0.1:{control}",
