@@ -107,7 +107,8 @@ def write_config(tmp_path: Path, r: Receivers, **incidents: Any) -> Path:
         {"kind": "alertmanager", "url": r.url},
     ]
     doc = {
-        "judge": {"min_pairs": 10},
+        # Both sides answer on the test's own loop: their latency is its scheduling, not theirs.
+        "judge": {"min_pairs": 10, "latency_tolerance": 10, "p99_tolerance": 10},
         "control": {"verdict_every": "100ms"},
         "alerts": {"retries": 2},
         "incidents": {
@@ -204,7 +205,8 @@ async def test_owned_routes_page_their_team_once_and_resolve(
         pages = [b for b in receivers.accepted("/v2/enqueue") if b["routing_key"] == KEY_A]
         assert {b["dedup_key"] for b in pages} == {key}  # one incident: trigger, updates, resolve
         assert [b["event_action"] for b in pages].count("resolve") == 1
-        assert receivers.events(KEY_B) == []  # team-b's route never diverged
+        team_b = [b for b in receivers.accepted("/v2/enqueue") if b["routing_key"] == KEY_B]
+        assert team_b == []  # team-b's route never diverged
         ended = receivers.accepted("/api/v2/alerts")[-1][0]
         assert ended["labels"] == firing["labels"] and ended["endsAt"] <= time_iso(time.time())
         slack = receivers.got[SLACK_PATH]
