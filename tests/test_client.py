@@ -12,7 +12,7 @@ from aiohttp import web
 from factories import snapshot
 from helpers import free_port
 
-from conftest import Backend, serve_app
+from conftest import Backend, serving
 from shadowdiff.client import LagWatch, Mirror, Unsendable, copy_headers
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.model import RequestSnapshot
@@ -63,15 +63,12 @@ async def test_gzip_response_kept_compressed():
         response.enable_compression(web.ContentCoding.gzip)
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner, url = await serve_app(app)
     mirror = Mirror(MirrorConfig())
-    try:
-        outcome = await mirror.send(url, request("/", headers=[(b"Accept-Encoding", b"gzip")]))
-    finally:
-        await mirror.close()
-        await runner.cleanup()
+    async with serving(handler) as url:
+        try:
+            outcome = await mirror.send(url, request("/", headers=[(b"Accept-Encoding", b"gzip")]))
+        finally:
+            await mirror.close()
     assert gzip.decompress(outcome.body) == b"hello " * 100
 
 
@@ -115,15 +112,12 @@ async def test_too_large_without_content_length():
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_get("/x", handler)
-    runner, url = await serve_app(app)
     mirror = Mirror(MirrorConfig(max_body="1MiB"))
-    try:
-        outcome = await mirror.send(url, request())
-    finally:
-        await mirror.close()
-        await runner.cleanup()
+    async with serving(handler) as url:
+        try:
+            outcome = await mirror.send(url, request())
+        finally:
+            await mirror.close()
     assert outcome.error == "too_large" and outcome.body == b""
 
 
@@ -134,18 +128,15 @@ async def test_request_target_goes_out_byte_for_byte():
         seen.append(request.raw_path)
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", raw)
-    runner, base = await serve_app(app)
     mirror = Mirror(MirrorConfig())
     targets = ['/a/../b?x=%7e&q="', "/<svg/onload=1>", "/caf%C3%A9?a=b+c"]
-    try:
-        for target in targets:
-            outcome = await mirror.send(base, RequestSnapshot("f", "GET", target, [], b"", 0.0))
-            assert outcome.status == 200, outcome
-    finally:
-        await mirror.close()
-        await runner.cleanup()
+    async with serving(raw) as base:
+        try:
+            for target in targets:
+                outcome = await mirror.send(base, RequestSnapshot("f", "GET", target, [], b"", 0.0))
+                assert outcome.status == 200, outcome
+        finally:
+            await mirror.close()
     assert seen == targets
 
 

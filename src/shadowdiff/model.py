@@ -100,6 +100,8 @@ RUNNING, HELD, ROLLED_BACK, COMPLETE = "running", "held", "rolled_back", "comple
 """A release's states: judged and promoted when its gate is met; judged but waiting for a
 person (`promote` or `rollback`); rolled back (the primary serves everyone, for good); at
 its last stage with the gate met."""
+RELEASE_ACTIONS = ("promote", "hold", "resume", "rollback")
+"""What a person may do to a release (`ctl release`, the control server, the dashboard)."""
 
 
 @dataclass(frozen=True, slots=True)

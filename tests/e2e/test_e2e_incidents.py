@@ -26,7 +26,7 @@ from aiohttp import web
 from helpers import until
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import serve_app, shadowdiff
+from conftest import serving, shadowdiff
 
 KEY_A, KEY_B = "a" * 32, "b" * 32
 USERS = ("/users",)  # team-a's route
@@ -64,11 +64,8 @@ class Receivers:
 @pytest.fixture
 async def receivers() -> AsyncIterator[Receivers]:
     r = Receivers()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", r.handle)
-    runner, r.url = await serve_app(app)
-    yield r
-    await runner.cleanup()
+    async with serving(r.handle) as r.url:
+        yield r
 
 
 @dataclass
@@ -87,13 +84,8 @@ class Service:
 @contextlib.asynccontextmanager
 async def service(name: str) -> AsyncIterator[Service]:
     s = Service(name)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", s.handle)
-    runner, s.url = await serve_app(app)
-    try:
+    async with serving(s.handle) as s.url:
         yield s
-    finally:
-        await runner.cleanup()
 
 
 def write_config(tmp_path: Path, r: Receivers, **incidents: Any) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from conftest import serve_app, shadowdiff
+from conftest import serving, shadowdiff
 
 MARKER = "X-Shadowdiff"  # on the worker's copies, never on what a client sends
 
@@ -58,13 +58,8 @@ class Side:
 @contextlib.asynccontextmanager
 async def side(name: str) -> AsyncIterator[Side]:
     s = Side(name)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", s.handle)
-    runner, s.url = await serve_app(app)
-    try:
+    async with serving(s.handle) as s.url:
         yield s
-    finally:
-        await runner.cleanup()
 
 
 def plan(tmp_path: Path, stages: list[Any], **release: Any) -> Path:

@@ -10,6 +10,7 @@ import click
 
 from shadowdiff.cli.common import UsageProblem, cli, default
 from shadowdiff.counts import summary_line
+from shadowdiff.model import RELEASE_ACTIONS
 
 
 class Unreachable(Exception):
@@ -166,7 +167,7 @@ def _release_lines(state: dict[str, Any]) -> list[str]:
 
 
 @ctl.command("release")
-@click.argument("action", type=click.Choice(["status", "promote", "hold", "resume", "rollback"]))
+@click.argument("action", type=click.Choice(["status", *RELEASE_ACTIONS]))
 @click.pass_context
 def ctl_release(ctx: click.Context, action: str) -> None:
     """Show the release (status) or move it: promote to the next stage, hold where it is

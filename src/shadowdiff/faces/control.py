@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shadowdiff.faces.verdict import RETRY_AFTER, Busy, UnknownRoute
+from shadowdiff.model import RELEASE_ACTIONS
 from shadowdiff.store import StoreError, clean
 
 if TYPE_CHECKING:
@@ -391,7 +392,7 @@ def build(
     app.router.add_post("/incidents/ack", _ack)
     app.router.add_post("/hooks/pagerduty", _pagerduty)
     app.router.add_get("/api/release", _release)
-    app.router.add_post("/release/{action:promote|hold|resume|rollback}", _release_action)
+    app.router.add_post(f"/release/{{action:{'|'.join(RELEASE_ACTIONS)}}}", _release_action)
     return app
 
 

@@ -9,7 +9,6 @@ thread at once: a scraper of made-up or many routes cannot queue judgements with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import threading
@@ -24,6 +23,7 @@ from shadowdiff.faces.alerts import Alert, Alerter
 from shadowdiff.faces.incidents import Incidents, fleet, silenced
 from shadowdiff.judge.window import Reading, Readings, reading  # no scipy in this one
 from shadowdiff.model import Incident
+from shadowdiff.pace import pause
 from shadowdiff.store import Store, open_store
 
 if TYPE_CHECKING:  # the judge package imports scipy: loaded lazily, below
@@ -156,11 +156,7 @@ class LiveVerdict:
         if not self.alerter.destinations:
             return
         polled = -math.inf
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.cfg.control.verdict_every)
-            if stop.is_set():
-                return
+        while not await pause(stop, self.cfg.control.verdict_every):
             try:
                 self._fire(await self._in_thread(self._incident_tick))
                 if time.monotonic() - polled >= self.cfg.incidents.poll_silences:

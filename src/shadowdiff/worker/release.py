@@ -11,7 +11,6 @@ its own, never on the loop that times the copies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -23,7 +22,16 @@ from shadowdiff.channel import Serving
 from shadowdiff.config import Config, Release, Stage
 from shadowdiff.counts import SERVED_PAIRS, by_reason
 from shadowdiff.faces import Alert, Alerter
-from shadowdiff.model import COMPLETE, HELD, ROLLED_BACK, RUNNING, Event, ReleaseState
+from shadowdiff.model import (
+    COMPLETE,
+    HELD,
+    RELEASE_ACTIONS,
+    ROLLED_BACK,
+    RUNNING,
+    Event,
+    ReleaseState,
+)
+from shadowdiff.pace import pause
 from shadowdiff.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -33,7 +41,6 @@ logger = logging.getLogger("shadowdiff.live")  # the name operators filter on
 
 T = TypeVar("T")
 
-ACTIONS = ("promote", "hold", "resume", "rollback")
 STALE = "stale"
 """What a controller tells its tap while it cannot read the release's state: the primary
 serves everyone until it can (a rollback by another proxy could not be seen meanwhile)."""
@@ -124,7 +131,7 @@ def act(
             state, state=RUNNING, since=now, base=base, actor=actor, why="resumed by hand"
         )
     if action != "promote":
-        raise Refused(f"no such action {action[:40]!r} ({', '.join(ACTIONS)})")
+        raise Refused(f"no such action {action[:40]!r} ({', '.join(RELEASE_ACTIONS)})")
     if state.stage == len(plan.stages) - 1:
         raise Refused("the release is at its last stage already")
     return _promoted(plan, state, now, counts, actor, "by hand")
@@ -219,16 +226,11 @@ class Rollout:
             except Exception as e:  # an unreadable store is shown by /healthz, not fatal
                 self._failed("cannot read the release's state", e)
             self._staleness()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.plan.poll)
+            await pause(stop, self.plan.poll)
         await judge
 
     async def _judging(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.cfg.control.verdict_every)
-            if stop.is_set():
-                return
+        while not await pause(stop, self.cfg.control.verdict_every):
             try:
                 await self._judge()
             except Exception as e:  # the store's trouble is reported by /healthz too

@@ -9,7 +9,6 @@ It knows its own health; the faces that show it are wired in by `worker/__main__
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -29,6 +28,7 @@ from shadowdiff.channel import (
 from shadowdiff.client import Mirror, Unsendable
 from shadowdiff.counts import LATENCY_REFERENCE, WORKER_RESTARTS, summary_line, total
 from shadowdiff.model import Exchange, Outcome, RequestSnapshot
+from shadowdiff.pace import pause
 from shadowdiff.store import Store, StoreError, StoreUnavailable
 from shadowdiff.worker.breaker import CircuitBreaker
 from shadowdiff.worker.mirror import plan, timed_by_copy
@@ -275,8 +275,7 @@ class Worker:
         last_log = time.monotonic()
         while not stop.is_set():
             if not self.batch:  # a batch left over from a busy flush goes on at once
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.25)
+                await pause(stop, 0.25)
             try:
                 await self.flush()
             except Exception:  # the recorder never raises; this guards the guard
