@@ -177,7 +177,25 @@ NOT_FINITE = [  # YAML's .inf and .nan are floats, not values of any option (fin
 ]
 
 
-@pytest.mark.parametrize("text, message", BAD + NOT_FINITE)
+STAGGER = [
+    (
+        "shadow: http://a:1\nlatency:\n  stagger: 2s\n",
+        "latency.stagger: stagger must be at most 1s (got '2s')",
+    ),
+    (
+        "shadow: http://a:1\nlatency:\n  stagger: soon\n",
+        "latency.stagger: 'soon' is not a duration (use e.g. 5s, 250ms, 1m)",
+    ),
+]
+
+
+@pytest.mark.parametrize("value, seconds", [("0", 0.0), (0, 0.0), ("0ms", 0.0), ("20ms", 0.02)])
+def test_a_stagger_may_be_none(value, seconds):
+    cfg = load_config(None, {"shadow": "http://a:1", "latency.stagger": value})
+    assert cfg.latency.stagger == seconds
+
+
+@pytest.mark.parametrize("text, message", BAD + NOT_FINITE + STAGGER)
 def test_bad_config_one_line_error(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import Any
 
 import orjson
+import pytest
+from aiohttp import web
 from helpers import free_port, until
 
-from conftest import LONG_LIST, Backend
+from conftest import LONG_LIST, Backend, serving
 from shadowdiff.channel import Control, PrimaryResult, Setup, TapCounts
 from shadowdiff.config import load_config
 from shadowdiff.counts import imbalance
@@ -254,6 +257,40 @@ async def test_without_a_secondary_the_primary_gets_a_timed_copy_of_safe_request
     assert live.seen[0][2]["X-Shadowdiff"] == "shadow"
     assert len(shadow.seen) == 2 and counts["recorded"] == 2
     assert counts["latency_reference.primary"] == 1 and imbalance(counts) == []
+
+
+@pytest.mark.parametrize("stagger", ["0", "150ms"])
+async def test_the_copies_timed_against_the_primary_go_at_a_random_moment_after_its_answer(
+    tmp_path, stagger: str
+):
+    """`latency.stagger`: the live answer is when its client sends the next request, so the
+    copies wait up to `stagger` more, at random, and both sides of a pair still go together."""
+    arrived: dict[str, list[float]] = {"primary": [], "shadow": []}
+
+    def side(name: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            arrived[name].append(time.monotonic())
+            return web.json_response({})
+
+        return handle
+
+    async with serving(side("primary")) as live, serving(side("shadow")) as copy:
+        worker = live_worker(tmp_path, copy, primary=live, **{"latency.stagger": stagger})
+        answered = []
+        for i in range(8):
+            worker.on_record(RequestSnapshot(f"f{i}", "GET", f"/items/{i}", [], b"", 1.0))
+            answered.append(time.monotonic())
+            worker.on_record(primary(i))
+        await until(lambda: len(arrived["shadow"]) == 8, timeout=5)
+        await finish(worker, {"seen": 8, "sampled": 8})
+    waits = sorted(t - a for t, a in zip(sorted(arrived["shadow"]), answered, strict=True))
+    if stagger == "0":
+        assert waits[-1] < 0.1, waits
+    else:
+        assert waits[0] >= 0 and waits[-1] <= 0.15 + 0.1, waits
+        assert waits[-1] - waits[0] > 0.03, waits  # 8 draws over 150 ms: never all this close
+    pairs = zip(sorted(arrived["primary"]), sorted(arrived["shadow"]), strict=True)
+    assert all(abs(p - s) < 0.05 for p, s in pairs)  # a pair's copies still go together
 
 
 async def test_a_replay_worker_leaves_the_primary_to_the_replayer(tmp_path, shadow: Backend):

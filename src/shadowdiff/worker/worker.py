@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -139,9 +140,11 @@ class Worker:
         if self.recorded_primary:
             reference = None
         result: PrimaryResult | None = None
+        stagger = 0.0
         # The primary's timed copy waits for the live answer: sent at once, it reaches the
         # primary with the live request itself and queues behind it there, while the shadow's
-        # copy arrives alone: identical code would read as a faster shadow.
+        # copy arrives alone: identical code would read as a faster shadow. Then the copies
+        # wait a random moment more (`latency.stagger`).
         # Meanwhile it is not in flight (as an exchange waiting for that answer after its
         # copies is not), and gives its breakers' probe slots back if it never goes.
         if not request.served and "primary" in dict(planned):
@@ -152,8 +155,9 @@ class Worker:
                     breaker.release()
                 return
             self.outstanding += 1
+            stagger = random.uniform(0.0, self.cfg.latency.stagger)
         try:
-            outcomes = await self.copies(request, planned, reference)
+            outcomes = await self.copies(request, planned, reference, stagger)
         except asyncio.CancelledError:
             self.drop("shutdown")
             raise
@@ -205,13 +209,20 @@ class Worker:
         return result
 
     async def copies(
-        self, request: RequestSnapshot, planned: list[tuple[str, str]], reference: str | None
+        self,
+        request: RequestSnapshot,
+        planned: list[tuple[str, str]],
+        reference: str | None,
+        stagger: float,
     ) -> dict[str, Outcome]:
-        """Waits for a slot under the in-flight cap, then sends every copy at once in the
-        random order `plan` gave: the shadow's, the secondary's, and the primary's timed copy
-        when that is the latency reference (only a live worker, the proxy's, has a switch; a
-        replay calls the primary itself). Counts what timed the baseline."""
+        """Waits `stagger` seconds and for a slot under the in-flight cap, then sends every
+        copy at once in the random order `plan` gave: the shadow's, the secondary's, and the
+        primary's timed copy when that is the latency reference (only a live worker, the
+        proxy's, has a switch; a replay calls the primary itself). Counts what timed the
+        baseline."""
         try:
+            if stagger:
+                await asyncio.sleep(stagger)
             async with self.slots:
                 sent = [self.copy(name, url, request) for name, url in planned]
                 outcomes = await asyncio.gather(*sent)
