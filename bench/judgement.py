@@ -96,10 +96,12 @@ def serve(port: int, slow: bool) -> None:
     """Runs one service until killed; `slow`: SLOWDOWN times slower on SLOW_ROUTE.
 
     A request's time is spent in a thread (`time.sleep`, the kernel's fine timer), not in
-    `asyncio.sleep`: asyncio's timers wake on epoll's whole milliseconds, unless something
+    `asyncio.sleep`: asyncio's timers wake on epoll's whole milliseconds unless something
     else wakes the loop first, so a service woken more often by other traffic ends its waits
-    sooner. The primary, which serves the live requests too, then answered the 2 ms route a
-    few per cent faster than an identical shadow: a bias of the model, not of a clock."""
+    sooner. The primary, which serves the live requests too, answered the 2 ms route 1-3 %
+    faster than an identical shadow that way: a property of this model's timers, which a
+    service whose time is work or I/O does not have. (In threads the primary's extra load
+    shows the other way, which `latency.stagger` spreads out: see the README.)"""
     from concurrent.futures import ThreadPoolExecutor
 
     from aiohttp import web

@@ -186,6 +186,10 @@ STAGGER = [
         "shadow: http://a:1\nlatency:\n  stagger: soon\n",
         "latency.stagger: 'soon' is not a duration (use e.g. 5s, 250ms, 1m)",
     ),
+    (
+        "shadow: http://a:1\nlatency:\n  stagger: -0.5\n",
+        "latency.stagger: stagger must be 0 or more (got -0.5)",
+    ),
 ]
 
 

@@ -111,6 +111,8 @@ def parse_stagger(value: Any) -> float:
     only hold exchanges in memory: the live traffic's rhythm is milliseconds."""
     if not isinstance(value, bool) and re.fullmatch(r"\s*0+(\.0+)?\s*(ms|s|m|h)?\s*", str(value)):
         return 0.0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ValueError(f"stagger must be 0 or more (got {value!r})")
     seconds = parse_duration(value)
     if seconds > 1.0:
         raise ValueError(f"stagger must be at most 1s (got {value!r})")
@@ -209,7 +211,7 @@ class Latency(Strict):
     """Seconds at most, drawn at random per exchange, that the copies of a pair timed against
     the primary (`primary`) wait after the live answer. That answer is when its client sends
     the next request: copies sent at once met that request at the primary every time, a load
-    the shadow's copy never has (A/A: the 2 ms route read 1–3 % apart). 0: at once."""
+    the shadow's copy never has (A/A: a 2 ms route read a few per cent apart). 0: at once."""
 
     COPIED: ClassVar[frozenset[str]] = frozenset({"GET", "HEAD", "OPTIONS"})
     """Methods whose copy may go to the primary: safe ones (RFC 9110 §9.2.1), which a second

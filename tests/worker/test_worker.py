@@ -265,32 +265,49 @@ async def test_the_copies_timed_against_the_primary_go_at_a_random_moment_after_
 ):
     """`latency.stagger`: the live answer is when its client sends the next request, so the
     copies wait up to `stagger` more, at random, and both sides of a pair still go together."""
-    arrived: dict[str, list[float]] = {"primary": [], "shadow": []}
+    arrived: dict[str, dict[str, float]] = {"primary": {}, "shadow": {}}
 
     def side(name: str) -> Any:
         async def handle(request: web.Request) -> web.Response:
-            arrived[name].append(time.monotonic())
+            arrived[name][request.path] = time.monotonic()
             return web.json_response({})
 
         return handle
 
+    answered: dict[str, float] = {}
     async with serving(side("primary")) as live, serving(side("shadow")) as copy:
         worker = live_worker(tmp_path, copy, primary=live, **{"latency.stagger": stagger})
-        answered = []
         for i in range(8):
             worker.on_record(RequestSnapshot(f"f{i}", "GET", f"/items/{i}", [], b"", 1.0))
-            answered.append(time.monotonic())
+            answered[f"/items/{i}"] = time.monotonic()
             worker.on_record(primary(i))
-        await until(lambda: len(arrived["shadow"]) == 8, timeout=5)
-        await finish(worker, {"seen": 8, "sampled": 8})
-    waits = sorted(t - a for t, a in zip(sorted(arrived["shadow"]), answered, strict=True))
+        await until(lambda: len(arrived["shadow"]) == len(arrived["primary"]) == 8, timeout=5)
+        counts = await finish(worker, {"seen": 8, "sampled": 8})
+    assert counts["recorded"] == 8 and imbalance(counts) == []
+    waits = sorted(arrived["shadow"][path] - at for path, at in answered.items())
     if stagger == "0":
         assert waits[-1] < 0.1, waits
     else:
-        assert waits[0] >= 0 and waits[-1] <= 0.15 + 0.1, waits
+        assert waits[0] >= 0 and waits[-1] <= 0.15 + 0.5, waits
         assert waits[-1] - waits[0] > 0.03, waits  # 8 draws over 150 ms: never all this close
-    pairs = zip(sorted(arrived["primary"]), sorted(arrived["shadow"]), strict=True)
-    assert all(abs(p - s) < 0.05 for p, s in pairs)  # a pair's copies still go together
+    apart = [abs(arrived["primary"][path] - at) for path, at in arrived["shadow"].items()]
+    assert max(apart) < 0.02, apart  # a pair's copies go out together
+
+
+async def test_a_shutdown_during_the_stagger_drops_the_exchange_once(tmp_path, shadow: Backend):
+    live = await Backend("primary").start()
+    options = {"latency.stagger": "1s", "mirror.grace": "100ms"}  # the grace ends first
+    worker = live_worker(tmp_path, shadow.url, primary=live.url, **options)
+    for i in range(5):
+        worker.on_record(RequestSnapshot(f"f{i}", "GET", f"/items/{i}", [], b"", 1.0))
+        worker.on_record(primary(i))
+    await asyncio.sleep(0.05)  # every exchange has its live answer and waits out its stagger
+    counts = await finish(worker, {"seen": 5, "sampled": 5})
+    await live.stop()
+    dropped, recorded = counts.get("dropped.shutdown", 0), counts.get("recorded", 0)
+    assert dropped >= 1 and dropped + recorded == 5  # those whose stagger outlasted the grace
+    assert len(live.seen) >= recorded and len(shadow.seen) >= recorded
+    assert imbalance(counts) == [] and worker.outstanding == 0
 
 
 async def test_a_replay_worker_leaves_the_primary_to_the_replayer(tmp_path, shadow: Backend):
