@@ -47,9 +47,9 @@ MAX_DURATION = 7 * 24 * 3600.0
 and within every timer's range (an infinite grace overflowed the platform's time_t)."""
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from `5s`, `250ms`, `1m`, `2h` or a bare number of seconds; finite, positive
-    and at most MAX_DURATION (`.inf` and `.nan` from YAML are floats, not durations)."""
+def _seconds(value: Any) -> float:
+    """Seconds from `5s`, `250ms`, `1m`, `2h` or a bare number of seconds, finite (`.inf`
+    and `.nan` from YAML are floats, not durations)."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration (use e.g. 5s, 250ms, 1m)")
     if isinstance(value, int | float):
@@ -61,6 +61,12 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
     if not math.isfinite(seconds):
         raise ValueError(f"duration must be a finite number of seconds (got {value!r})")
+    return seconds
+
+
+def parse_duration(value: Any) -> float:
+    """A duration (`_seconds`), positive and at most MAX_DURATION."""
+    seconds = _seconds(value)
     if seconds <= 0:
         raise ValueError(f"duration must be positive (got {value!r})")
     if seconds > MAX_DURATION:
@@ -109,11 +115,9 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def parse_stagger(value: Any) -> float:
     """`latency.stagger`: a duration up to 1 s, or 0 (`0`, `0s`, `0ms`: none). Longer would
     only hold exchanges in memory: the live traffic's rhythm is milliseconds."""
-    if not isinstance(value, bool) and re.fullmatch(r"\s*0+(\.0+)?\s*(ms|s|m|h)?\s*", str(value)):
-        return 0.0
-    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+    seconds = _seconds(value)
+    if seconds < 0:
         raise ValueError(f"stagger must be 0 or more (got {value!r})")
-    seconds = parse_duration(value)
     if seconds > 1.0:
         raise ValueError(f"stagger must be at most 1s (got {value!r})")
     return seconds

@@ -180,6 +180,14 @@ def _status_5xx_check(rd: RouteData) -> Check:
     )
 
 
+def _difference(d: float, lo: float, hi: float, cfg: JudgeConfig) -> str:
+    """A difference of two failure rates and its interval, in percentage points."""
+    return (
+        f"difference {100 * d:+.1f} points, {100 * cfg.confidence:g} % CI"
+        f" {100 * lo:+.1f} to {100 * hi:+.1f}"
+    )
+
+
 def _errors_check(rd: RouteData, cfg: JudgeConfig) -> Check:
     if rd.pairs == 0:
         return Check(
@@ -195,8 +203,7 @@ def _errors_check(rd: RouteData, cfg: JudgeConfig) -> Check:
     d, lo, hi = newcombe(rd.shadow_errors, rd.pairs, rd.primary_errors, rd.pairs, cfg.confidence)
     detail = (
         f"shadow errors {rd.shadow_errors} vs primary {rd.primary_errors} of {rd.pairs} "
-        f"(difference {100 * d:+.1f} points, {100 * cfg.confidence:g} % CI "
-        f"{100 * lo:+.1f} to {100 * hi:+.1f})"
+        f"({_difference(d, lo, hi, cfg)})"
     )
     result = FAIL if lo > cfg.error_rate_margin else PASS
     if result == FAIL:
@@ -484,8 +491,7 @@ def writes_check(w: Writes, cfg: JudgeConfig) -> Check:
         against = "the primary served none to compare with"
     detail = (
         f"writes failed: candidate {w.candidate_failed} of {w.candidate}, {against}"
-        f" (difference {100 * d:+.1f} points, {100 * cfg.confidence:g} % CI"
-        f" {100 * lo:+.1f} to {100 * hi:+.1f})"
+        f" ({_difference(d, lo, hi, cfg)})"
     )
     result, needs = FAIL if lo > cfg.error_rate_margin else PASS, None
     if result == PASS and w.candidate < cfg.min_pairs:
