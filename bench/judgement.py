@@ -264,6 +264,11 @@ def contains_one(ci: tuple[float, float] | None) -> bool:
     return ci is not None and ci[0] <= 1.0 <= ci[1]
 
 
+def _median(ratios: list[float]) -> str:
+    """A median ratio, or "-" when no run had one (every one untimed or failed)."""
+    return f"{statistics.median(ratios):.3f}x" if ratios else "-"
+
+
 def summary(scenario: str, runs: list[Outcome]) -> tuple[str, ...]:
     """The table's row for a scenario, its target and whether it was met. The routes the
     shadow did not change are all five in an A/A run, the four but SLOW_ROUTE otherwise."""
@@ -292,9 +297,9 @@ def summary(scenario: str, runs: list[Outcome]) -> tuple[str, ...]:
         str(n),
         f"{verdicts['PASS']}/{verdicts['FAIL']}/{verdicts['INCONCLUSIVE']}",
         f"{with_one}/{len(unchanged)}",
-        f"{statistics.median(ratios):.3f}" if ratios else "-",
+        _median(ratios),
         f"{others_fail}/{len(unchanged)}",
-        "-" if aa else f"{slowed_fail}/{len(slowed)} ({statistics.median(slowed_ratios):.3f}x)",
+        "-" if aa else f"{slowed_fail}/{len(slowed)} ({_median(slowed_ratios)})",
         ",".join(sorted(clocks)) or "-",
         str(sum(r.failures for r in runs)),
         target,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiohttp import web
@@ -13,6 +16,7 @@ from factories import snapshot
 from helpers import free_port
 
 from conftest import Backend, serving
+from shadowdiff import stamps
 from shadowdiff.client import LagWatch, Mirror, Unsendable, copy_headers
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.model import RequestSnapshot
@@ -189,24 +193,87 @@ async def test_a_body_is_timed_once_it_is_sent(shadow: Backend):
     assert len(shadow.seen[0][3]) == 300_000
 
 
-async def test_a_copy_out_while_the_loop_stalled_is_not_timed(shadow: Backend):
-    """Both copies of a pair read late alike on a starved worker: their ratio drifts to 1 and
-    a slowdown can PASS (bench/judgement.py --busy saw two). A copy in flight while the loop
-    stalled for more than LAG_SHARE of its time gets no latency, so it is left unjudged."""
-    shadow.delay = 0.05
-    mirror = Mirror(MirrorConfig())
+@pytest.fixture
+def apart() -> Iterator[str]:
+    """A service in a thread of its own, as a real one is in a process of its own: a stall of
+    the test's loop stalls the worker's reading, never the service. `/N` answers N bytes
+    after ANSWER_AFTER seconds."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the services copies go to
+        # TCP_NODELAY, as real servers set it: without it, the body written after the headers
+        # waits for the ACK the stalled reader's kernel delays (by 40 ms), a wire delay
+        disable_nagle_algorithm = True
+
+        def do_GET(self) -> None:
+            size = int(self.path.strip("/"))
+            time.sleep(ANSWER_AFTER)
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(b"x" * size)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+ANSWER_AFTER = 0.02
+
+
+async def calm_and_stalled(
+    mirror: Mirror, url: str, size: int
+) -> tuple[float | None, float | None]:
+    """Two copies' latencies, of `size` bytes each: one read at once, one whose answer
+    arrives while the loop is held (from 5 ms to 85 ms), as a starved worker's is."""
 
     async def stall() -> None:
-        await asyncio.sleep(0.01)
-        time.sleep(0.05)  # the loop held, as a starved worker's is
+        await asyncio.sleep(0.005)
+        time.sleep(0.08)
 
     try:
-        calm = await mirror.send(shadow.url, request())
-        stalled, _ = await asyncio.gather(mirror.send(shadow.url, request()), stall())
+        calm = await mirror.send(url, request(f"/{size}"))
+        stalled, _ = await asyncio.gather(mirror.send(url, request(f"/{size}")), stall())
     finally:
         await mirror.close()
-    assert calm.status == 200 and calm.latency is not None and calm.latency >= 0.05
-    assert stalled.status == 200 and stalled.latency is None
+    assert calm.status == stalled.status == 200
+    return calm.latency, stalled.latency
+
+
+async def test_an_answer_read_late_keeps_the_time_the_kernel_received_it(apart: str):
+    """The worker's loop read the answer some 65 ms late; its latency is still the service's
+    20 ms, from the kernel's stamps: a starved worker neither loses the pair nor drifts its
+    ratio to 1."""
+    assert stamps.factory() is not None, "Linux on this machine gives the kernel's stamps"
+    calm, stalled = await calm_and_stalled(Mirror(MirrorConfig()), apart, 500)
+    assert calm is not None and ANSWER_AFTER <= calm < 0.05
+    assert stalled is not None and ANSWER_AFTER <= stalled < 0.05
+
+
+async def test_an_answer_larger_than_the_kernel_holds_is_not_timed_across_a_stall(apart: str):
+    """A 1 MB answer waits for the stalled reader to make room, so even its last bytes'
+    stamp is late: it gets no latency and is left unjudged; read at once, it is timed."""
+    calm, stalled = await calm_and_stalled(Mirror(MirrorConfig()), apart, 1 << 20)
+    assert calm is not None and calm >= ANSWER_AFTER
+    assert stalled is None
+
+
+async def test_without_the_kernels_stamps_a_copy_out_across_a_stall_is_not_timed(
+    apart: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Where the kernel gives no stamps (not Linux), the loop's clock is late by the stall
+    for every copy in flight alike (bench/judgement.py --busy saw slowdowns PASS so): a copy
+    in flight while the loop stalled for more than LAG_SHARE of its time gets no latency."""
+    monkeypatch.setattr(stamps, "factory", lambda: None)
+    calm, stalled = await calm_and_stalled(Mirror(MirrorConfig()), apart, 500)
+    assert calm is not None and calm >= ANSWER_AFTER
+    assert stalled is None
 
 
 async def test_the_lag_watch_sees_a_stall_before_its_overdue_look():

@@ -5,10 +5,12 @@ Knows aiohttp, nothing of mitmproxy. One pooled session for all targets; bodies 
 (no decompression) so both sides of a comparison are decoded the same way later. A response
 body over the size limit is an outcome (`too_large`), never a truncated body.
 
-One clock for every side: a copy is timed from the moment its request was handed to the
-connection (aiohttp's trace hooks) to the end of reading its body, so the pool, the headers'
-building and a connection's set-up are no latency; the copies of an exchange go out in a
-random order, so no target is always the one whose request is built second.
+One clock for every side: a copy is timed from the moment its request's last part was handed
+to the kernel to the moment the kernel received its answer's last bytes (`stamps`), so the
+pool, the headers' building, a connection's set-up and the worker's own stalls are no
+latency; the copies of an exchange go out in a random order, so no target is always the one
+whose request is built second. Where the kernel gives no stamps, the same span is read on the
+worker's loop (aiohttp's trace hooks, then the body read), and the loop's stalls are watched.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from types import SimpleNamespace
 import aiohttp
 from yarl import URL
 
+from shadowdiff import stamps
 from shadowdiff.config import SHADOW_MARKER
 from shadowdiff.config import Mirror as MirrorConfig
 from shadowdiff.model import Headers, Outcome, RequestSnapshot
@@ -86,14 +89,19 @@ LAG_SLACK = 0.001
 """Seconds late a look may be before its lateness counts as a stall of the loop."""
 LAG_SHARE = 0.2
 """Share of a copy's time the loop may have been stalled before its latency is not trusted."""
+HELD = 64 * 1024
+"""Bytes of an answer the kernel surely holds unread for a stalled loop (loopback's smallest
+default receive window is twice that): a larger answer waits for the reader to make room, so
+a stall delays its last bytes even on the kernel's clock."""
 
 
 class LagWatch:
     """How long the worker's event loop has been stalled in all (`stalled`, seconds): a look
-    every LAG_TICK, its lateness beyond LAG_SLACK counted. A copy's clock is read on the loop,
-    so a stalled loop (a starved CPU, the store thread holding the GIL) adds its stall to
-    every copy in flight alike: their ratios drift to 1 and a real slowdown can PASS. A copy
-    in flight across a stall that long is given no latency (`untimed`), and left unjudged."""
+    every LAG_TICK, its lateness beyond LAG_SLACK counted. A clock read on the loop is late by
+    a stall (a starved CPU, the store thread holding the GIL) for every copy in flight alike:
+    their ratios drift to 1 and a real slowdown can PASS. A copy in flight across a stall that
+    long, whose time the kernel's stamps do not give (none here, or an answer over HELD), is
+    given no latency (`untimed`), and left unjudged."""
 
     def __init__(self) -> None:
         self.past = 0.0  # the stalls of the looks already taken
@@ -126,14 +134,16 @@ class LagWatch:
 
 
 class Clock:
-    """One copy's stopwatch, started when its request's last part (headers, or a chunk of the
-    body) was handed to the connection; until then, at its creation (a copy that never went
-    out is timed from its start, a time to failure). It notes the loop's stalls meanwhile."""
+    """One copy's stopwatch: the kernel's (`stamps`) where it has them; else started on the
+    loop when its request's last part (headers, or a chunk of the body) was handed to the
+    connection, and until then at its creation (a copy that never went out is timed from its
+    start, a time to failure). It notes the loop's stalls meanwhile."""
 
-    __slots__ = ("lag", "sent", "stalled")
+    __slots__ = ("lag", "sent", "stalled", "stamps")
 
     def __init__(self, lag: LagWatch) -> None:
         self.lag = lag
+        self.stamps = stamps.Stamps()
         self.restart()
 
     def restart(self) -> None:
@@ -142,10 +152,16 @@ class Clock:
     def elapsed(self) -> float:
         return time.perf_counter() - self.sent
 
-    def trusted(self) -> float | None:
-        """The elapsed time, or None when the loop stalled for more than LAG_SHARE of it."""
+    def trusted(self, size: int) -> float | None:
+        """The kernel's time of an answer of `size` bytes, else the loop's; None when the loop
+        stalled for more than LAG_SHARE of it and the kernel's time does not rule the stall
+        out. A kernel time longer than the loop's (the wall clock was set meanwhile) is none."""
         took = self.elapsed()
-        return None if self.lag.stalled - self.stalled > LAG_SHARE * took else took
+        stalled = self.lag.stalled - self.stalled > LAG_SHARE * took
+        kernel = self.stamps.elapsed()
+        if kernel is not None and kernel <= took + LAG_SLACK:
+            return None if stalled and size > HELD else kernel
+        return None if stalled else took
 
 
 async def _sent(session: aiohttp.ClientSession, context: SimpleNamespace, params: object) -> None:
@@ -182,7 +198,9 @@ class Mirror:
         self.cfg = cfg
         limit = cfg.max_in_flight * 2 if pool is None else pool
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, force_close=False),
+            connector=aiohttp.TCPConnector(
+                limit=limit, force_close=False, socket_factory=stamps.factory()
+            ),
             timeout=aiohttp.ClientTimeout(total=cfg.timeout),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -196,7 +214,7 @@ class Mirror:
         await self.session.close()
 
     async def send(self, base: str, request: RequestSnapshot, served: bool = False) -> Outcome:
-        """One copy to `base + path`, timed from its request sent to its body read (`Clock`);
+        """One copy to `base + path`, timed from its request sent to its answer (`Clock`);
         every failure is an outcome, but a copy that cannot be built raises `Unsendable`.
         `served`: the request itself, for the candidate to serve (see `copy_headers`); its
         time is never paired, so the loop's stalls are not watched for it."""
@@ -206,24 +224,25 @@ class Mirror:
             self.lag.start()
         clock = Clock(self.lag)
         try:
-            async with self.session.request(
-                request.method,
-                # encoded: the request target goes out byte for byte as the client sent it,
-                # never re-quoted or normalised (`/a/../b`, `%7e`, a raw `<` stay as they are)
-                URL(base + request.path, encoded=True),
-                headers=copy_headers(request.headers, None if served else self.cfg),
-                data=request.body or None,
-                allow_redirects=False,
-                compress=None,
-                trace_request_ctx=clock,
-            ) as response:
-                body = await self._read(response)
-                return Outcome(
-                    status=response.status,
-                    headers=list(response.raw_headers),
-                    body=body,
-                    latency=clock.trusted(),
-                )
+            with stamps.writing(clock.stamps):
+                async with self.session.request(
+                    request.method,
+                    # encoded: the request target goes out byte for byte as the client sent
+                    # it, never re-quoted or normalised (`/a/../b`, `%7e`, a raw `<` stay)
+                    URL(base + request.path, encoded=True),
+                    headers=copy_headers(request.headers, None if served else self.cfg),
+                    data=request.body or None,
+                    allow_redirects=False,
+                    compress=None,
+                    trace_request_ctx=clock,
+                ) as response:
+                    body = await self._read(response)
+                    return Outcome(
+                        status=response.status,
+                        headers=list(response.raw_headers),
+                        body=body,
+                        latency=clock.trusted(len(body)),
+                    )
         except TooLarge:
             return Outcome(error="too_large", latency=clock.elapsed())
         except ValueError as e:  # aiohttp's refusal to build it (InvalidURL is one too)
