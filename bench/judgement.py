@@ -12,8 +12,9 @@ everywhere) and a little on chance. Each repetition runs every scenario once, in
 order, with a fresh proxy and store, sends `--requests` GETs over the five routes at 100 %
 sampling and reads the verdict document (`gate --json`). `--busy` adds a CPU burner on the
 services' core during each run (it ends by itself after `BURN_LIMIT`); that is the worker's
-core too unless `--worker-with-proxy`: a worker starved of CPU sends and reads both copies of a
-pair in the same turn of its loop, so its clock then reads every ratio as about 1.0.
+core too unless `--worker-with-proxy`: a worker starved of CPU reads both copies of a pair in
+the same turn of its loop, which the kernel's stamps on its sockets (`shadowdiff.stamps`) keep
+out of their times; the services, starved too, answer later by turns, which is latency.
 
 Scenarios (`--scenarios`, comma-separated): `aa-secondary`, `aa-primary`, `aa-proxy` (A/A:
 the shadow runs the primary's code, with a secondary, without one and `latency.reference`
