@@ -89,10 +89,12 @@ LAG_SLACK = 0.001
 """Seconds late a look may be before its lateness counts as a stall of the loop."""
 LAG_SHARE = 0.2
 """Share of a copy's time the loop may have been stalled before its latency is not trusted."""
-HELD = 64 * 1024
-"""Bytes of an answer the kernel surely holds unread for a stalled loop (loopback's smallest
-default receive window is twice that): a larger answer waits for the reader to make room, so
-a stall delays its last bytes even on the kernel's clock."""
+HELD = 32 * 1024
+"""Bytes of an answer's body the kernel surely holds unread for a stalled loop: a connection's
+first receive window is about 64 KiB (half of `tcp_rmem`'s default 128 KiB), and it cannot
+grow while nobody reads; the rest is room for the headers and the framing. A larger answer
+waits for the reader to make room, so a stall delays its last bytes even on the kernel's
+clock."""
 
 
 class LagWatch:

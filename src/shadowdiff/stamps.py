@@ -7,7 +7,12 @@ stall, so a pair's ratio drifts to 1 and a real slowdown can PASS. The kernel st
 packet as it arrives (`SO_TIMESTAMPNS`), whatever the reader is doing, so a copy timed by its
 socket is timed as the wire saw it. Hand-written because neither asyncio nor aiohttp reads a
 socket's ancillary data: `Stamped` is the socket aiohttp's connector creates (its
-`socket_factory`), and asyncio's transport calls its `send`/`recv` like any socket's.
+`socket_factory`), and asyncio's transport calls its `send`/`sendmsg` and `recv`/`recv_into`
+(TLS's reads) like any socket's.
+
+The stamps are the copy's (`Stamps`), not the connection's: aiohttp hands a connection back
+to its pool as the answer's last bytes are read, before the copy's task resumes, so the next
+copy may write on it first; what the earlier copy was timed by stays its own.
 
 Linux only: elsewhere, or on a Linux whose socket constants are not the generic ones,
 `factory()` is None and copies are timed on the loop (see `client.Clock`).
@@ -27,7 +32,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-logger = logging.getLogger("shadowdiff.client")
+logger = logging.getLogger("shadowdiff.stamps")
 
 SO_TIMESTAMPNS = 35
 """`SO_TIMESTAMPNS` (and its message type) in <asm-generic/socket.h>; Python's socket module
@@ -37,23 +42,28 @@ GENERIC = frozenset(
 )
 """Machines whose Linux socket constants are the generic ones (sparc, parisc, alpha and mips
 number theirs apart, so 35 would set another option there)."""
-STAMP = struct.Struct("qq")  # struct timespec: seconds, nanoseconds
+STAMP = struct.Struct("@ll")
+"""The kernel's struct timespec under this option: two native longs (seconds, nanoseconds),
+so 32-bit machines read theirs too."""
 ROOM = socket.CMSG_SPACE(STAMP.size) if hasattr(socket, "CMSG_SPACE") else 0
 
 
 class Stamped(socket.socket):
-    """A socket that notes the wall-clock time just before each send (`sent`), tells the
-    exchange being written (`_writing`) that it is its connection, and keeps the kernel's
-    arrival time of the last bytes each read returned (`received`)."""
+    """A socket that credits its sends and reads to the copy whose request it carries
+    (`owner`): a copy becomes it by its first write here (told by `_writing`); each send
+    notes the wall-clock time (`Stamps.sent`), each read the kernel's arrival time of the
+    last bytes it returned (`Stamps.received`)."""
 
-    sent = 0.0
-    received = 0.0
+    owner: Stamps | None = None
 
     def _sending(self) -> None:
-        self.sent = time.time()  # the kernel's stamps are wall-clock time too
         stamps = _writing.get()
-        if stamps is not None:
-            stamps.sock = self
+        if stamps is not None and stamps.sock is not self:  # a copy's first write here
+            stamps.sock, stamps.received, self.owner = self, 0.0, stamps
+        elif stamps is not None and stamps is not self.owner:
+            return  # an earlier copy's context writing (TLS's own records): no request's part
+        if self.owner is not None:
+            self.owner.sent = time.time()  # the kernel's stamps are wall-clock time too
 
     def send(self, data: Any, flags: int = 0) -> int:
         self._sending()
@@ -65,36 +75,42 @@ class Stamped(socket.socket):
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         data, ancillary, _, _ = self.recvmsg(size, ROOM, flags)
-        self._arrived(ancillary)
+        self._arrived(len(data), ancillary)
         return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:  # TLS reads
-        view = memoryview(buffer).cast("B")
-        got, ancillary, _, _ = self.recvmsg_into([view[:nbytes] if nbytes else view], ROOM, flags)
-        self._arrived(ancillary)
+        with memoryview(buffer) as whole, whole.cast("B") as view:
+            if not 0 <= nbytes <= len(view):
+                raise ValueError("nbytes is out of the buffer's range")
+            got, ancillary, _, _ = self.recvmsg_into([view[: nbytes or len(view)]], ROOM, flags)
+        self._arrived(got, ancillary)
         return got
 
-    def _arrived(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+    def _arrived(self, got: int, ancillary: list[tuple[int, int, bytes]]) -> None:
+        if self.owner is None or not got:  # nobody's, or the end of the stream: no bytes
+            return
+        self.owner.received = 0.0  # bytes read without a stamp (cut short) leave no time
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= STAMP.size:
                 seconds, nanoseconds = STAMP.unpack_from(data)
-                self.received = seconds + nanoseconds / 1e9
+                self.owner.received = seconds + nanoseconds / 1e9
 
 
 class Stamps:
-    """One copy's view of the connection its request was written on."""
+    """One copy's times on the connection its request was written on (`sock`)."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("received", "sent", "sock")
 
     def __init__(self) -> None:
         self.sock: Stamped | None = None
+        self.sent = self.received = 0.0
 
     def elapsed(self) -> float | None:
         """Seconds from the request's last part sent to the answer's last bytes received, by
         the kernel; None without stamps, or when the last read predates the last send."""
-        if self.sock is None or not self.sock.received:
+        if not (self.sent and self.received):
             return None
-        took = self.sock.received - self.sock.sent
+        took = self.received - self.sent
         return took if took >= 0 else None
 
 
